@@ -1,0 +1,1 @@
+"""Datasets: the one record schema (records.py), LMDB storage, downloads, embedded and real sets."""

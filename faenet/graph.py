@@ -1,0 +1,122 @@
+"""Neighbour graphs in pure torch: radius graph with periodic images (Eq. 6 graph), edge vectors,
+and DimeNet++ triplets. No torch_cluster / torch_sparse: neither installs with this torch.
+
+Conventions (see ``faenet.data.records``): ``edge_index[0]`` is the source j (neighbour),
+``edge_index[1]`` the target i (centre), and ``vec_ij = pos[j] + cell_offsets @ cell - pos[i]``.
+Distances are invariant under E(3) and under frame projection (Eq. 4 projects the cell with the same
+frame and leaves offsets unchanged), so one graph serves every frame of a structure.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _image_ranges(cell: Tensor, pbc: Tensor, cutoff: float) -> list[int]:
+    """Number of lattice images needed on each side, per direction, to see every atom within cutoff."""
+    reps = []
+    vol = torch.abs(torch.linalg.det(cell.double())).item()
+    for k in range(3):
+        if not bool(pbc[k]):
+            reps.append(0)
+            continue
+        a, b = cell[(k + 1) % 3].double(), cell[(k + 2) % 3].double()
+        area = torch.linalg.norm(torch.linalg.cross(a, b)).item()
+        if vol <= 1e-12 or area <= 1e-12:
+            raise ValueError(f"degenerate cell (volume {vol:.3g} Å^3) with periodic direction {k}: "
+                             "give three independent lattice vectors or set pbc False there")
+        spacing = vol / area  # distance between lattice planes normal to direction k
+        reps.append(int(math.ceil(cutoff / spacing)))
+    return reps
+
+
+def radius_graph(
+    pos: Tensor,
+    cutoff: float,
+    max_num_neighbors: int = 50,
+    cell: Tensor | None = None,
+    pbc: Tensor | tuple[bool, bool, bool] = (False, False, False),
+) -> tuple[Tensor, Tensor]:
+    """Edges j -> i of ONE structure with ``0 < |vec_ij| <= cutoff``, periodic images included.
+
+    Each centre i keeps its ``max_num_neighbors`` nearest neighbours (ties broken by index, so the
+    result is deterministic). Returns ``edge_index`` (2, E) and integer ``cell_offsets`` (E, 3),
+    sorted by target then distance. Vectorised over atoms and images.
+    """
+    if cutoff <= 0:
+        raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
+    if max_num_neighbors < 1:
+        raise ValueError(f"max_num_neighbors must be >= 1, got {max_num_neighbors}")
+    if not torch.isfinite(pos).all():
+        raise ValueError("positions contain NaN or inf")
+    n = pos.shape[0]
+    pbc_t = torch.as_tensor(pbc, dtype=torch.bool).reshape(3)
+    if cell is None or not bool(pbc_t.any()):
+        offsets = torch.zeros(1, 3, dtype=torch.long)
+        cell_m = torch.zeros(3, 3, dtype=pos.dtype)
+    else:
+        cell_m = cell.reshape(3, 3).to(pos.dtype)
+        reps = _image_ranges(cell_m, pbc_t, cutoff)
+        axes = [torch.arange(-r, r + 1) for r in reps]
+        offsets = torch.cartesian_prod(*axes).reshape(-1, 3).long()
+    shifts = offsets.to(pos.dtype) @ cell_m  # (S, 3)
+    # vec[s, i, j] = pos[j] + shift[s] - pos[i]
+    vec = pos[None, None, :, :] + shifts[:, None, None, :] - pos[None, :, None, :]
+    dist = torch.linalg.norm(vec, dim=-1)  # (S, N, N)
+    mask = (dist <= cutoff) & (dist > 1e-8)
+    s_idx, i_idx, j_idx = mask.nonzero(as_tuple=True)
+    d = dist[s_idx, i_idx, j_idx]
+    # nonzero() yields (image, i, j) order; two stable sorts give (i, distance, image, j): deterministic,
+    # and truncation to max_num_neighbors keeps the nearest.
+    order = torch.argsort(d, stable=True)
+    order = order[torch.argsort(i_idx[order], stable=True)]
+    s_idx, i_idx, j_idx, d = s_idx[order], i_idx[order], j_idx[order], d[order]
+    # Rank of each edge within its centre's neighbour list.
+    counts = torch.bincount(i_idx, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(i_idx.numel()) - starts[i_idx]
+    keep = rank < max_num_neighbors
+    edge_index = torch.stack([j_idx[keep], i_idx[keep]])
+    return edge_index, offsets[s_idx[keep]]
+
+
+def edge_vectors(pos: Tensor, edge_index: Tensor, cell_offsets: Tensor, cell: Tensor,
+                 batch: Tensor) -> Tensor:
+    """``vec_ij = pos[j] + cell_offsets @ cell[graph] - pos[i]`` for every edge (E, 3), in Å.
+
+    ``cell`` is (B, 3, 3) (zeros for molecules); ``batch`` maps atoms to graphs.
+    """
+    j, i = edge_index
+    shift = torch.bmm(cell_offsets.to(pos.dtype).unsqueeze(1), cell[batch[i]].to(pos.dtype)).squeeze(1)
+    return pos[j] + shift - pos[i]
+
+
+def triplets(edge_index: Tensor, num_nodes: int, cell_offsets: Tensor | None = None
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Angle triplets k -> j -> i for DimeNet++ (PyG's ``DimeNet.triplets`` semantics), pure torch.
+
+    For every edge ji (j -> i) and every edge kj (k -> j), except the reverse of ji itself
+    (k == i with the opposite lattice offset), returns node indices ``idx_i, idx_j, idx_k`` and edge
+    indices ``idx_kj, idx_ji``. Without ``cell_offsets`` the exclusion is PyG's ``k != i``.
+    """
+    src, dst = edge_index
+    e = src.numel()
+    # Incoming edges of each node, in CSR form ordered by target.
+    order = torch.argsort(dst, stable=True)
+    deg_in = torch.bincount(dst, minlength=num_nodes)
+    ptr = torch.cumsum(deg_in, 0) - deg_in
+    # Edge ji pairs with every edge kj whose target is j = src[ji].
+    n_per = deg_in[src]
+    idx_ji = torch.repeat_interleave(torch.arange(e), n_per)
+    base = torch.repeat_interleave(ptr[src], n_per)
+    local = torch.arange(idx_ji.numel()) - torch.repeat_interleave(torch.cumsum(n_per, 0) - n_per, n_per)
+    idx_kj = order[base + local]
+    idx_i, idx_j, idx_k = dst[idx_ji], src[idx_ji], src[idx_kj]
+    reverse = idx_k == idx_i
+    if cell_offsets is not None:
+        reverse &= (cell_offsets[idx_kj] == -cell_offsets[idx_ji]).all(dim=1)
+    keep = ~reverse
+    return idx_i[keep], idx_j[keep], idx_k[keep], idx_kj[keep], idx_ji[keep]

@@ -1,0 +1,300 @@
+"""Training and evaluation for IS2RE (energy) and S2EF (energy + forces), any model of the project interface.
+
+- Losses: energy MAE/MSE, force MAE/MSE on free atoms, and the energy-gradient term of Eq. (9)
+  (direct forces pulled towards the detached -dE/dpos), with Table 7 coefficients.
+- AdamW; cosine or reduce-on-plateau schedulers with linear warm-up; gradient clipping; energy target
+  normalisation (mean/std of the training energies; forces scaled by the same std, as OCP does).
+- A checkpoint every epoch (model, optimiser, scheduler, RNG streams, history) written atomically;
+  a killed run resumes from it and reaches the same final metrics as an uninterrupted one, because the
+  shuffling generator is re-seeded per epoch and evaluation runs in a forked RNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from torch_geometric.loader import DataLoader
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 10
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"  # cosine | plateau | constant
+    warmup_steps: int = 0
+    warmup_factor: float = 0.2
+    plateau_factor: float = 0.9
+    plateau_patience: int = 5
+    grad_clip: float = 10.0
+    loss: str = "mae"  # mae | mse
+    energy_coef: float = 1.0
+    force_coef: float = 0.0
+    energy_grad_coef: float = 0.0
+    normalize_targets: bool = True
+    train_on_free_atoms: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("cosine", "plateau", "constant"):
+            raise ValueError(f"scheduler must be cosine, plateau or constant, got {self.scheduler!r}")
+        if self.loss not in ("mae", "mse"):
+            raise ValueError(f"loss must be mae or mse, got {self.loss!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Energy target normalisation: the model predicts (E - mean) / std and forces F / std."""
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    @classmethod
+    def fit(cls, energies: Tensor, enabled: bool = True) -> Normalizer:
+        if not enabled or energies.numel() < 2:
+            return cls()
+        std = float(energies.std())
+        return cls(float(energies.mean()), std if std > 1e-8 else 1.0)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _elementwise(loss: str, pred: Tensor, target: Tensor) -> Tensor:
+    return (pred - target).abs() if loss == "mae" else (pred - target) ** 2
+
+
+def _force_mask(batch: Any, free_only: bool) -> Tensor:
+    if free_only and getattr(batch, "fixed", None) is not None:
+        return batch.fixed == 0
+    return torch.ones(batch.num_nodes, dtype=torch.bool, device=batch.pos.device)
+
+
+def compute_loss(out: Mapping[str, Tensor], batch: Any, s: TrainSettings, norm: Normalizer,
+                 needs_forces: bool) -> tuple[Tensor, dict[str, float]]:
+    """Total loss in normalised units and its parts.
+
+    Eq. (9): when the model returns ``forces_grad_target`` (FAENet ``direct_with_gradient_target``), the term
+    ``energy_grad_coef * l(F_direct, -dE/dpos)`` pulls the direct force head towards the energy gradient
+    (the gradient is detached, so the energy head is not changed by it).
+    """
+    y = (batch.y.to(out["energy"].dtype).view(-1) - norm.mean) / norm.std
+    loss_e = _elementwise(s.loss, out["energy"].view(-1), y).mean()
+    total = s.energy_coef * loss_e
+    parts = {"loss_energy": float(loss_e)}
+    if needs_forces:
+        mask = _force_mask(batch, s.train_on_free_atoms)
+        f_target = batch.force.to(out["forces"].dtype) / norm.std
+        loss_f = _elementwise(s.loss, out["forces"][mask], f_target[mask]).sum(-1).mean()
+        total = total + s.force_coef * loss_f
+        parts["loss_force"] = float(loss_f)
+        if s.energy_grad_coef > 0 and "forces_grad_target" in out:
+            loss_eg = _elementwise(s.loss, out["forces"][mask], out["forces_grad_target"][mask]).sum(-1).mean()
+            total = total + s.energy_grad_coef * loss_eg
+            parts["loss_energy_grad"] = float(loss_eg)
+    parts["loss"] = float(total)
+    return total, parts
+
+
+def lr_factor(step: int, s: TrainSettings, total_steps: int) -> float:
+    """Linear warm-up from ``warmup_factor`` to 1, then cosine decay to 0 (``cosine``) or flat."""
+    if s.warmup_steps > 0 and step < s.warmup_steps:
+        alpha = step / s.warmup_steps
+        return s.warmup_factor * (1 - alpha) + alpha
+    if s.scheduler == "cosine":
+        span = max(1, total_steps - s.warmup_steps)
+        progress = min(1.0, (step - s.warmup_steps) / span)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalizer, needs_forces: bool,
+            seed: int = 12345) -> dict[str, Tensor]:
+    """De-normalised predictions (eV, eV/Å) for a whole dataset, in a forked RNG (SFA draws frames)."""
+    was_training = model.training
+    model.eval()
+    energies, forces, y, f_true, free = [], [], [], [], []
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            with torch.enable_grad() if needs_forces else torch.no_grad():
+                out = model(batch)
+            energies.append(out["energy"].detach().view(-1) * norm.std + norm.mean)
+            y.append(batch.y.view(-1).to(energies[-1].dtype))
+            if needs_forces:
+                forces.append(out["forces"].detach() * norm.std)
+                f_true.append(batch.force.to(forces[-1].dtype))
+                free.append(_force_mask(batch, True))
+    model.train(was_training)
+    res = {"energy": torch.cat(energies), "y": torch.cat(y)}
+    if needs_forces:
+        res.update(forces=torch.cat(forces), force=torch.cat(f_true), free=torch.cat(free))
+    return res
+
+
+def mae_metrics(pred: Mapping[str, Tensor]) -> dict[str, float]:
+    """Energy MAE (eV) and, when present, force MAE over free atoms (eV/Å, mean over components)."""
+    out = {"energy_mae": float((pred["energy"] - pred["y"]).abs().mean())}
+    if "forces" in pred:
+        m = pred["free"]
+        out["force_mae"] = float((pred["forces"][m] - pred["force"][m]).abs().mean())
+    return out
+
+
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalizer, needs_forces: bool,
+             seed: int = 12345) -> dict[str, float]:
+    return mae_metrics(predict(model, dataset, batch_size, norm, needs_forces, seed))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    normalizer: Normalizer
+    final_val: dict[str, dict[str, float]]
+    train_seconds: float
+    resumed_from_epoch: int
+    epoch_seconds: list[float]
+
+
+def train(
+    model: nn.Module,
+    train_set: Dataset,
+    val_sets: Mapping[str, Dataset],
+    settings: TrainSettings,
+    needs_forces: bool,
+    checkpoint_path: Path | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+    stop_after_epoch: int | None = None,
+) -> TrainResult:
+    """Train ``model`` (already wrapped by its symmetry method) and evaluate on each split every epoch.
+
+    ``val_sets`` maps split names to datasets; the first one drives the plateau scheduler.
+    With ``checkpoint_path``, an existing compatible checkpoint is resumed and a new one is written after
+    every epoch. ``stop_after_epoch`` simulates a kill (tests).
+    """
+    if len(train_set) == 0:
+        raise ValueError("the training set is empty: generate more systems or check the split fractions")
+    s = settings
+    _seed_everything(s.seed)
+    energies = torch.tensor([float(train_set[i].y) for i in range(len(train_set))])
+    norm = Normalizer.fit(energies, s.normalize_targets)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    steps_per_epoch = math.ceil(len(train_set) / s.batch_size)
+    total_steps = steps_per_epoch * s.epochs
+    plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=s.plateau_factor,
+                                                          patience=s.plateau_patience)
+               if s.scheduler == "plateau" else None)
+    history: list[dict[str, float]] = []
+    epoch_seconds: list[float] = []
+    start_epoch, step = 0, 0
+    if checkpoint_path is not None and checkpoint_path.exists():
+        ckpt = torch.load(checkpoint_path, weights_only=False)
+        if ckpt.get("settings_digest") != s.digest():
+            raise ValueError(f"checkpoint {checkpoint_path} was written with other training settings; "
+                             "delete it (or its folder) to start afresh")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        if plateau is not None and ckpt.get("plateau") is not None:
+            plateau.load_state_dict(ckpt["plateau"])
+        norm = Normalizer(**ckpt["normalizer"])
+        history, epoch_seconds = ckpt["history"], ckpt["epoch_seconds"]
+        start_epoch, step = ckpt["epoch"], ckpt["step"]
+        _set_rng_state(ckpt["rng"])
+    resumed_from = start_epoch
+    val_names = list(val_sets)
+    t_start = time.perf_counter()
+    for epoch in range(start_epoch, s.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)  # per-epoch shuffle: resumable
+        loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=True, generator=gen)
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{s.epochs}", disable=not progress, leave=False)
+        for batch in bar:
+            for g in opt.param_groups:
+                g["lr"] = s.lr * lr_factor(step, s, total_steps) * (
+                    1.0 if plateau is None else g.get("_plateau_scale", 1.0))
+            out = model(batch)
+            loss, parts = compute_loss(out, batch, s, norm, needs_forces)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch + 1}, step {step}: lower lr or "
+                                         "check the data for NaN; the last good checkpoint is kept")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            opt.step()
+            step += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{parts['loss']:.4f}")
+        row: dict[str, float] = {f"train_{k}": v / steps_per_epoch for k, v in sums.items()}
+        for name in val_names:
+            for k, v in evaluate(model, val_sets[name], s.batch_size * 4, norm, needs_forces).items():
+                row[f"{name}_{k}"] = v
+        row["lr"] = opt.param_groups[0]["lr"]
+        if plateau is not None and val_names:
+            before = opt.param_groups[0]["lr"]
+            plateau.step(row[f"{val_names[0]}_energy_mae"])
+            scale = opt.param_groups[0]["lr"] / max(before, 1e-30)
+            for g in opt.param_groups:  # keep the plateau decay across warm-up resets of lr
+                g["_plateau_scale"] = g.get("_plateau_scale", 1.0) * scale
+        epoch_seconds.append(time.perf_counter() - t0)
+        row["epoch_seconds"] = epoch_seconds[-1]
+        history.append(row)
+        if checkpoint_path is not None:
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "plateau": plateau.state_dict() if plateau is not None else None,
+                          "normalizer": asdict(norm), "history": history, "epoch_seconds": epoch_seconds,
+                          "epoch": epoch + 1, "step": step, "rng": _rng_state(),
+                          "settings_digest": s.digest()}, checkpoint_path)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < s.epochs:
+            raise KeyboardInterrupt(f"stopped after epoch {epoch + 1} (simulated kill)")
+    final = {name: {k[len(name) + 1:]: v for k, v in history[-1].items() if k.startswith(name + "_")}
+             for name in val_names} if history else {}
+    return TrainResult(history, norm, final, time.perf_counter() - t_start, resumed_from, epoch_seconds)
