@@ -105,18 +105,18 @@ def compute_loss(out: Mapping[str, Tensor], batch: Any, s: TrainSettings, norm: 
     y = (batch.y.to(out["energy"].dtype).view(-1) - norm.mean) / norm.std
     loss_e = _elementwise(s.loss, out["energy"].view(-1), y).mean()
     total = s.energy_coef * loss_e
-    parts = {"loss_energy": float(loss_e)}
+    parts = {"loss_energy": float(loss_e.detach())}
     if needs_forces:
         mask = _force_mask(batch, s.train_on_free_atoms)
         f_target = batch.force.to(out["forces"].dtype) / norm.std
         loss_f = _elementwise(s.loss, out["forces"][mask], f_target[mask]).sum(-1).mean()
         total = total + s.force_coef * loss_f
-        parts["loss_force"] = float(loss_f)
+        parts["loss_force"] = float(loss_f.detach())
         if s.energy_grad_coef > 0 and "forces_grad_target" in out:
             loss_eg = _elementwise(s.loss, out["forces"][mask], out["forces_grad_target"][mask]).sum(-1).mean()
             total = total + s.energy_grad_coef * loss_eg
-            parts["loss_energy_grad"] = float(loss_eg)
-    parts["loss"] = float(total)
+            parts["loss_energy_grad"] = float(loss_eg.detach())
+    parts["loss"] = float(total.detach())
     return total, parts
 
 

@@ -192,6 +192,8 @@ def _first_error(err: ValidationError) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check spelling; see params.yaml comments for the allowed keys)"
+        if isinstance(e.get("input"), bool) and e["type"] == "string_type":
+            msg += "; YAML reads NO/YES/ON/OFF as booleans: quote the value, e.g. \"NO\""
         parts.append(f"{loc}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" else ""))
     return "; ".join(parts)
 

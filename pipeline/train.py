@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
 def run_cell(params, model_name: str, task: str, symmetry: str, metrics_path: Path, curves_path: Path,
              models_dir: Path) -> int:
     import torch
-
     from baselines.registry import build_model
     from faenet.data.dataset import GraphDataset, content_hash, remove_tag0
     from faenet.symmetry import SymmetryWrapper
+
     from faenet.training import TrainSettings, evaluate, train
     from pipeline.tracking import mlflow_run
 
