@@ -1,0 +1,174 @@
+"""DimeNet++ (Gasteiger et al. 2020) as run by OCP for the FAENet paper's baselines (Tables 1, 9, 10).
+
+Built on PyG's DimeNet++ blocks (``BesselBasisLayer``, ``SphericalBasisLayer``, ``EmbeddingBlock``,
+``InteractionPPBlock``, ``OutputPPBlock``), with our own forward: PyG's ``DimeNetPlusPlus.forward`` needs
+``radius_graph`` (pyg-lib) and a torch_sparse ``triplets``. Here the graph is the dataset's precomputed one
+and triplets come from ``faenet.graph.triplets`` (pure torch) with ``cell_offsets``, so in periodic graphs
+only the true back-track k -> j -> i with k the same image as i is dropped (OCP's rule).
+
+Angles use edge VECTORS (periodic images included), never raw positions: for triplet k -> j -> i the
+angle between ``vec_ji`` (i to j) and ``vec_kj`` (j to k), as in OCP and PyG >= 2.5 DimeNet++.
+
+OCP details kept: output blocks' up-projection has a bias; energy = per-graph sum. OCP detaches the
+positions in the angle term, so its ``-dE/dx`` ignores angular forces; that is ``detach_angles=True`` here
+(in the "s2ef" preset), while the default ``False`` gives exact conservative forces.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn.inits import glorot_orthogonal
+from torch_geometric.nn.models.dimenet import (
+    BesselBasisLayer,
+    EmbeddingBlock,
+    Envelope,
+    InteractionPPBlock,
+    OutputPPBlock,
+    SphericalBasisLayer,
+)
+from torch_geometric.nn.resolver import activation_resolver
+from torch_geometric.utils import scatter
+
+from baselines.registry import register
+from baselines.schnet import check_force_mode, edge_geometry, forces_from_energy, graph_index
+from faenet.graph import triplets
+
+_ARCH = {"out_emb_channels": 192, "num_blocks": 3, "int_emb_size": 64, "basis_emb_size": 8,
+         "num_spherical": 7, "num_radial": 6, "envelope_exponent": 5, "num_before_skip": 1,
+         "num_after_skip": 2, "num_output_layers": 3, "cutoff": 6.0}
+# OCP configs (baselines_facts.md §2.5): IS2RE-all and S2EF-2M; "small" runs on 2 CPU cores.
+PRESETS: dict[str, dict[str, Any]] = {
+    "is2re": {"hidden_channels": 256, **_ARCH, "regress_forces": ""},
+    "s2ef": {"hidden_channels": 192, **_ARCH, "regress_forces": "from_energy", "detach_angles": True},
+    "small": {"hidden_channels": 16, "out_emb_channels": 32, "num_blocks": 1, "int_emb_size": 16,
+              "basis_emb_size": 4, "num_spherical": 4, "num_radial": 4, "cutoff": 6.0, "regress_forces": ""},
+}
+
+
+@functools.cache
+def _sbf_functions(num_spherical: int, num_radial: int) -> tuple[tuple, tuple]:
+    """PyG's symbolic spherical-Bessel and Y_l^0 functions; building them (sympy + scipy) takes ~14 s for
+    7 x 6, and they depend only on the sizes, so build them once per process."""
+    layer = SphericalBasisLayer(num_spherical, num_radial, cutoff=1.0)
+    return tuple(layer.sph_funcs), tuple(layer.bessel_funcs)
+
+
+class CachedSphericalBasisLayer(SphericalBasisLayer):
+    """``SphericalBasisLayer`` (same forward) whose lambdified functions come from ``_sbf_functions``."""
+
+    def __init__(self, num_spherical: int, num_radial: int, cutoff: float, envelope_exponent: int = 5):
+        nn.Module.__init__(self)
+        sph, bessel = _sbf_functions(num_spherical, num_radial)
+        self.num_spherical, self.num_radial, self.cutoff = num_spherical, num_radial, cutoff
+        self.envelope = Envelope(envelope_exponent)
+        self.sph_funcs, self.bessel_funcs = list(sph), list(bessel)
+
+
+class OutputPPBlockWithBias(OutputPPBlock):
+    """PyG ``OutputPPBlock`` with OCP's biased up-projection ``lin_up`` (PyG's has none)."""
+
+    def __init__(self, num_radial: int, hidden_channels: int, out_emb_channels: int, out_channels: int,
+                 num_layers: int, act: Any, output_initializer: str = "zeros"):
+        super().__init__(num_radial, hidden_channels, out_emb_channels, out_channels, num_layers, act,
+                         output_initializer)
+        self.lin_up = nn.Linear(hidden_channels, out_emb_channels, bias=True)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        glorot_orthogonal(self.lin_up.weight, scale=2.0)
+        if self.lin_up.bias is not None:
+            self.lin_up.bias.data.fill_(0)
+
+
+@register("dimenet_pp")
+class DimeNetPP(nn.Module):
+    """DimeNet++ on the precomputed (periodic) graph.
+
+    Directional messages ``m_ji`` on edges: embedding ``m_ji = act(W[h_i, h_j, act(W rbf(d_ji))])``, then
+    ``num_blocks`` interaction blocks aggregating ``m_kj`` over triplets k -> j -> i with the spherical basis
+    ``sbf(d_kj, angle_kji)``; every block's output block sums ``rbf ⊙ m`` into atoms; the energy is the
+    per-graph sum. Defaults are the OCP IS2RE preset (``PRESETS["is2re"]``).
+
+    Args:
+        hidden_channels, out_emb_channels, int_emb_size, basis_emb_size, num_blocks: DimeNet++ sizes.
+        num_spherical, num_radial, envelope_exponent: bases (``num_radial`` <= 64, PyG's limit).
+        num_before_skip, num_after_skip, num_output_layers: residual/output depths.
+        cutoff: Å; longer edges of the precomputed graph are ignored.
+        act: activation name for PyG's resolver ("swish" in OCP).
+        output_initializer: "zeros" (PyG/OCP: energy starts at 0) or "glorot_orthogonal".
+        detach_angles: OCP's angle detaching (forces lose their angular part); False = exact ``-dE/dx``.
+        regress_forces: "" or "from_energy".
+    """
+
+    force_modes = ("", "from_energy")
+
+    def __init__(self, hidden_channels: int = 256, out_emb_channels: int = 192, num_blocks: int = 3,
+                 int_emb_size: int = 64, basis_emb_size: int = 8, num_spherical: int = 7, num_radial: int = 6,
+                 cutoff: float = 6.0, envelope_exponent: int = 5, num_before_skip: int = 1,
+                 num_after_skip: int = 2, num_output_layers: int = 3, act: str = "swish",
+                 output_initializer: str = "zeros", detach_angles: bool = False, regress_forces: str = ""):
+        super().__init__()
+        if not 1 <= num_radial <= 64:
+            raise ValueError(f"DimeNetPP: num_radial must be in [1, 64] (PyG's Bessel zeros), "
+                             f"got {num_radial}")
+        if num_spherical < 1:
+            raise ValueError(f"DimeNetPP: num_spherical must be >= 1, got {num_spherical}")
+        if num_blocks < 1:
+            raise ValueError(f"DimeNetPP: num_blocks must be >= 1, got {num_blocks}")
+        if cutoff <= 0:
+            raise ValueError(f"DimeNetPP: cutoff must be > 0 Å, got {cutoff}")
+        if output_initializer not in ("zeros", "glorot_orthogonal"):
+            raise ValueError(f"DimeNetPP: output_initializer={output_initializer!r} is not supported; "
+                             "allowed: ['zeros', 'glorot_orthogonal']")
+        self.regress_forces = check_force_mode("DimeNetPP", regress_forces, self.force_modes)
+        self.cutoff = cutoff
+        self.detach_angles = detach_angles
+        act_fn = activation_resolver(act)
+        self.rbf = BesselBasisLayer(num_radial, cutoff, envelope_exponent)
+        self.sbf = CachedSphericalBasisLayer(num_spherical, num_radial, cutoff, envelope_exponent)
+        self.emb = EmbeddingBlock(num_radial, hidden_channels, act_fn)
+        self.output_blocks = nn.ModuleList([
+            OutputPPBlockWithBias(num_radial, hidden_channels, out_emb_channels, 1, num_output_layers, act_fn,
+                                  output_initializer)
+            for _ in range(num_blocks + 1)])
+        self.interaction_blocks = nn.ModuleList([
+            InteractionPPBlock(hidden_channels, int_emb_size, basis_emb_size, num_spherical, num_radial,
+                               num_before_skip, num_after_skip, act_fn)
+            for _ in range(num_blocks)])
+
+    def reset_parameters(self) -> None:
+        self.rbf.reset_parameters()
+        self.emb.reset_parameters()
+        for block in [*self.output_blocks, *self.interaction_blocks]:
+            block.reset_parameters()
+
+    def forward(self, data: Any) -> dict[str, Tensor]:
+        """``{"energy": (B,), "forces": (N, 3) if regress_forces}`` for a PyG batch of records."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() or bool(self.regress_forces)):
+            if self.regress_forces == "from_energy" and not data.pos.requires_grad:
+                data.pos.requires_grad_(True)
+            batch, num_graphs = graph_index(data)
+            n = data.pos.shape[0]
+            edge_index, offsets, vec, dist = edge_geometry(data, self.cutoff)
+            j, i = edge_index
+            _, _, _, idx_kj, idx_ji = triplets(edge_index, n, offsets)
+            v = vec.detach() if self.detach_angles else vec
+            v_ji, v_kj = v[idx_ji], v[idx_kj]  # i -> j and j -> k (image-aware)
+            angle = torch.atan2(torch.linalg.cross(v_ji, v_kj).norm(dim=-1), (v_ji * v_kj).sum(dim=-1))
+            rbf = self.rbf(dist)
+            sbf = self.sbf(dist, angle, idx_kj)
+            x = self.emb(data.atomic_numbers.long(), rbf, i, j)
+            p = self.output_blocks[0](x, rbf, i, num_nodes=n)
+            for interaction, output in zip(self.interaction_blocks, self.output_blocks[1:], strict=True):
+                x = interaction(x, rbf, sbf, idx_kj, idx_ji)
+                p = p + output(x, rbf, i, num_nodes=n)
+            energy = scatter(p, batch, dim=0, dim_size=num_graphs, reduce="sum").squeeze(-1)
+            out = {"energy": energy}
+            if self.regress_forces == "from_energy":
+                out["forces"] = forces_from_energy(energy, data.pos, self.training)
+        return out

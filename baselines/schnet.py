@@ -1,0 +1,125 @@
+"""SchNet (Schütt et al. 2017) as run by OCP for the FAENet paper's baselines (Tables 1, 9, 10, 11, 12).
+
+Built on PyG's ``torch_geometric.nn.models.SchNet`` (embedding, ``InteractionBlock``/``CFConv``,
+``GaussianSmearing``, readout MLP): this class subclasses it and replaces only ``forward``, because PyG's
+own ``radius_graph`` needs pyg-lib. Like OCP's ``SchNetWrap`` with ``use_pbc=True`` it reads the
+precomputed graph: distances are ``|faenet.graph.edge_vectors(...)|``, periodic images included.
+Energy = per-graph sum of atomic contributions (OCP); forces ``from_energy`` = ``-dE/dpos``.
+
+Also home of the helpers every baseline here uses: ``graph_index``, ``edge_geometry``,
+``forces_from_energy`` and ``check_force_mode``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn.models import SchNet as PyGSchNet
+
+from baselines.registry import register
+from faenet.graph import edge_vectors
+
+# OCP configs (baselines_facts.md §1.3): IS2RE-all and S2EF-2M; "small" runs on 2 CPU cores.
+PRESETS: dict[str, dict[str, Any]] = {
+    "is2re": {"hidden_channels": 384, "num_filters": 128, "num_interactions": 4, "num_gaussians": 100,
+              "cutoff": 6.0, "regress_forces": ""},
+    "s2ef": {"hidden_channels": 1024, "num_filters": 256, "num_interactions": 5, "num_gaussians": 200,
+             "cutoff": 6.0, "regress_forces": "from_energy"},
+    "small": {"hidden_channels": 32, "num_filters": 32, "num_interactions": 2, "num_gaussians": 16,
+              "cutoff": 6.0, "regress_forces": ""},
+}
+
+
+def check_force_mode(model_name: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a ``ValueError`` naming both."""
+    if value not in allowed:
+        raise ValueError(f"{model_name}: regress_forces={value!r} is not supported; allowed: {list(allowed)}")
+    return value
+
+
+def graph_index(data: Any) -> tuple[Tensor, int]:
+    """``(batch, num_graphs)`` of a PyG ``Batch``; a single record (no ``batch``) is one graph."""
+    batch = getattr(data, "batch", None)
+    if batch is None:
+        return torch.zeros(data.pos.shape[0], dtype=torch.long, device=data.pos.device), 1
+    num_graphs = getattr(data, "num_graphs", None)
+    return batch, int(num_graphs) if num_graphs is not None else int(batch.max()) + 1
+
+
+def edge_geometry(data: Any, cutoff: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``edge_index, cell_offsets, vec, dist`` of the precomputed graph, edges longer than ``cutoff`` dropped.
+
+    ``vec_ij = pos[j] + offsets @ cell - pos[i]`` (``faenet.graph.edge_vectors``), so periodic images count
+    and gradients flow to ``data.pos``. The dataset graph may be built at a larger cutoff than the model's.
+    """
+    edge_index, offsets = data.edge_index, data.cell_offsets
+    vec = edge_vectors(data.pos, edge_index, offsets, data.cell, graph_index(data)[0])
+    dist = vec.norm(dim=-1)
+    keep = dist <= cutoff
+    if not bool(keep.all()):
+        edge_index, offsets, vec, dist = edge_index[:, keep], offsets[keep], vec[keep], dist[keep]
+    return edge_index, offsets, vec, dist
+
+
+def forces_from_energy(energy: Tensor, pos: Tensor, training: bool) -> Tensor:
+    """``F = -dE/dpos`` (conservative forces); keeps the graph in training so force losses backpropagate."""
+    (grad,) = torch.autograd.grad(energy, pos, grad_outputs=torch.ones_like(energy), create_graph=training)
+    return -grad
+
+
+class _PrecomputedGraphOnly(nn.Module):
+    """Stands in for PyG's ``RadiusInteractionGraph``: this model only reads the dataset's graph."""
+
+    def forward(self, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
+        raise RuntimeError("baselines.schnet.SchNet is called as model(batch) with a precomputed graph; "
+                           "PyG's forward(z, pos, batch) would need radius_graph (pyg-lib)")
+
+
+@register("schnet")
+class SchNet(PyGSchNet):
+    """OCP SchNet on the precomputed (periodic) graph.
+
+    ``h_i^0 = emb(z_i)``; ``h <- h + Interaction(h, e(d), C(d))`` with Gaussian distance expansion ``e`` and
+    cosine cutoff ``C`` (PyG ``CFConv``); atomic energies ``lin2(ssp(lin1(h_i)))`` summed per graph.
+    Defaults are the OCP IS2RE preset (``PRESETS["is2re"]``).
+
+    Args:
+        hidden_channels, num_filters, num_interactions, num_gaussians: PyG SchNet sizes.
+        cutoff: Å; longer edges of the precomputed graph are ignored.
+        readout: "add" (OCP, extensive energy) or "mean".
+        regress_forces: "" (energy only) or "from_energy" (``-dE/dpos``, OCP S2EF).
+    """
+
+    force_modes = ("", "from_energy")
+
+    def __init__(self, hidden_channels: int = 384, num_filters: int = 128, num_interactions: int = 4,
+                 num_gaussians: int = 100, cutoff: float = 6.0, readout: str = "add",
+                 regress_forces: str = ""):
+        if readout not in ("add", "mean"):
+            raise ValueError(f"SchNet: readout={readout!r} is not supported; allowed: ['add', 'mean']")
+        if cutoff <= 0:
+            raise ValueError(f"SchNet: cutoff must be > 0 Å, got {cutoff}")
+        super().__init__(hidden_channels=hidden_channels, num_filters=num_filters,
+                         num_interactions=num_interactions, num_gaussians=num_gaussians, cutoff=cutoff,
+                         interaction_graph=_PrecomputedGraphOnly(), readout=readout)
+        self.regress_forces = check_force_mode("SchNet", regress_forces, self.force_modes)
+
+    def forward(self, data: Any) -> dict[str, Tensor]:  # type: ignore[override]
+        """``{"energy": (B,), "forces": (N, 3) if regress_forces}`` for a PyG batch of records."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() or bool(self.regress_forces)):
+            if self.regress_forces == "from_energy" and not data.pos.requires_grad:
+                data.pos.requires_grad_(True)
+            batch, num_graphs = graph_index(data)
+            edge_index, _, _, dist = edge_geometry(data, self.cutoff)
+            h = self.embedding(data.atomic_numbers.long())
+            edge_attr = self.distance_expansion(dist)
+            for interaction in self.interactions:
+                h = h + interaction(h, edge_index, dist, edge_attr)
+            h = self.lin2(self.act(self.lin1(h)))
+            energy = self.readout(h, batch, dim=0, dim_size=num_graphs).squeeze(-1)
+            out = {"energy": energy}
+            if self.regress_forces == "from_energy":
+                out["forces"] = forces_from_energy(energy, data.pos, self.training)
+        return out

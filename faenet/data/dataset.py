@@ -1,0 +1,179 @@
+"""A torch ``Dataset`` of records from OC20-layout LMDB files, a content hash, and the tag-0 rewiring.
+
+``GraphDataset`` serves the embedded EMT set and the real OC20 LMDBs alike: every record goes through
+``faenet.data.oc20.convert_oc20_record`` (a no-op on project records) and ``validate_record``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torch_geometric.data import Data
+
+from faenet.data.oc20 import TASKS, convert_oc20_record
+from faenet.data.records import TAG_SUBSURFACE, validate_record
+from faenet.data.store import LmdbReader
+
+
+def lmdb_files(path_or_paths: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
+    """The .lmdb files named by a file, a folder (its ``*.lmdb``, sorted) or a list of either."""
+    items = path_or_paths if isinstance(path_or_paths, (list, tuple)) else [path_or_paths]
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(p.glob("*.lmdb"))
+            if not found:
+                raise FileNotFoundError(f"folder {p} holds no *.lmdb files; generate or download the data")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p} does not exist; generate the dataset (faenet.data.catalysis."
+                                    "generate_catalysis or `dvc repro fetch`) or download it "
+                                    "(faenet.data.oc20)")
+    return files
+
+
+class GraphDataset(Dataset):
+    """Records of one task (``"is2re"`` or ``"s2ef"``) from LMDB file(s), validated against the schema.
+
+    ``in_memory=True`` decodes and validates every record once at construction; ``False`` reads lazily
+    (validating each record when it is read). ``transform`` (e.g. :func:`remove_tag0`) is applied on access.
+    Global index -> (file, local index) by bisection over cumulative lengths, as OC20 does.
+    """
+
+    def __init__(self, path_or_paths: str | os.PathLike | list[str | os.PathLike], task: str,
+                 transform: Callable[[Data], Data] | None = None, in_memory: bool = True) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task {task!r} is not one of {TASKS}")
+        self.task, self.transform = task, transform
+        self.files = lmdb_files(path_or_paths)
+        self.readers = [LmdbReader(f) for f in self.files]
+        self.cum = np.cumsum([len(r) for r in self.readers]).tolist()
+        self.records: list[Data] | None = None
+        if in_memory:
+            self.records = [self._load(i) for i in range(len(self))]
+            for r in self.readers:
+                r.close()
+
+    def __len__(self) -> int:
+        return self.cum[-1] if self.cum else 0
+
+    def _load(self, idx: int) -> Data:
+        db = bisect.bisect_right(self.cum, idx)
+        local = idx - (self.cum[db - 1] if db else 0)
+        where = f"{self.files[db]}[{local}]"
+        rec = convert_oc20_record(self.readers[db][local], self.task)
+        validate_record(rec, where)
+        if self.task == "s2ef":
+            f = getattr(rec, "force", None)
+            if f is None or tuple(f.shape) != (int(rec.natoms), 3) or not torch.isfinite(f).all():
+                raise ValueError(f"{where}: S2EF record needs finite force of shape ({int(rec.natoms)}, 3)")
+        return rec
+
+    def __getitem__(self, idx: int) -> Data:
+        n = len(self)
+        idx = int(idx)
+        if not -n <= idx < n:
+            raise IndexError(f"index {idx} out of range for a dataset of {n} records")
+        idx %= n
+        rec = self.records[idx] if self.records is not None else self._load(idx)
+        return self.transform(rec) if self.transform is not None else rec
+
+    def __iter__(self) -> Iterator[Data]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Content hash
+# ----------------------------------------------------------------------------------------------------------
+
+def _canonical(value: Any) -> bytes:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        head = f"T{t.dtype}{tuple(t.shape)}".encode()
+        arr = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+        return head + arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+    if isinstance(value, np.ndarray):
+        return f"A{value.dtype.str}{value.shape}".encode() + np.ascontiguousarray(value).tobytes()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return f"{type(value).__name__}:{value!r}".encode()
+    if isinstance(value, (list, tuple)):
+        return b"[" + b",".join(_canonical(v) for v in value) + b"]"
+    raise TypeError(f"cannot hash a record field of type {type(value).__name__}")
+
+
+def record_digest(data: Data) -> bytes:
+    """sha256 of a record's fields (sorted by name; dtype, shape and little-endian bytes of each)."""
+    h = hashlib.sha256()
+    for key in sorted(data.keys()):
+        h.update(key.encode() + b"=" + _canonical(data[key]) + b";")
+    return h.digest()
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 over the records of an LMDB file or a folder of them (file names included).
+
+    Depends only on the record values, not on the LMDB page layout or pickle details, so it is stable across
+    runs, machines and writers.
+    """
+    h = hashlib.sha256()
+    for f in lmdb_files(path):
+        reader = LmdbReader(f)
+        h.update(f"file:{f.name}:{len(reader)};".encode())
+        for i in range(len(reader)):
+            h.update(record_digest(reader[i]))
+        reader.close()
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Graph rewiring
+# ----------------------------------------------------------------------------------------------------------
+
+NODE_FIELDS = ("pos", "atomic_numbers", "tags", "fixed", "force", "forces", "pos_relaxed")
+EDGE_FIELDS = ("cell_offsets", "distances", "edge_attr")
+
+
+def remove_tag0(data: Data) -> Data:
+    """Drop the sub-surface atoms (tag 0) and every edge touching them; re-index atoms and edges.
+
+    The graph-rewiring of FAENet's OC20 runs (the paper's "removing tag-0 atoms"): per-atom fields (pos,
+    atomic_numbers, tags, fixed, force, ...) keep only the kept atoms, in their original order; edges whose
+    source and target are both kept are renumbered; ``natoms`` is updated. Returns a new ``Data``.
+    """
+    tags = data.tags
+    keep = tags != TAG_SUBSURFACE
+    n_old = int(tags.numel())
+    if bool(keep.all()):
+        return data.clone()
+    new_index = torch.full((n_old,), -1, dtype=torch.long)
+    new_index[keep] = torch.arange(int(keep.sum()))
+    out = data.clone()
+    ei = data.edge_index
+    edge_keep = keep[ei[0]] & keep[ei[1]]
+    out.edge_index = new_index[ei[:, edge_keep]]
+    for key in data.keys():
+        if key in ("edge_index",):
+            continue
+        value = data[key]
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            continue
+        if key in EDGE_FIELDS and value.shape[0] == ei.shape[1]:
+            out[key] = value[edge_keep]
+        elif key in NODE_FIELDS and value.shape[0] == n_old:
+            out[key] = value[keep]
+    out.natoms = int(keep.sum())
+    return out
