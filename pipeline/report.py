@@ -140,6 +140,7 @@ def main() -> int:
              "| file | what |", "|---|---|",
              f"| [tables/table9.md](tables/table9.md) | IS2RE energy MAE per split, {n9} trained cells |",
              f"| [tables/table1.md](tables/table1.md) | S2EF energy and force MAE per split, {n1} trained cells |",
+             "| [benchmark.md](benchmark.md) | throughput of every model and symmetry method, two graph protocols |",
              "| [data_card.md](data_card.md) | the embedded catalysis dataset: counts, elements, statistics |",
              "| [provenance.json](provenance.json) | git commit, dirty flag, params hash, dataset hashes, versions |",
              ""]

@@ -49,7 +49,8 @@ def _records(n: int, seed: int, forces: bool = False) -> list[Data]:
         z = torch.randint(1, 9, (na,), generator=g)
         d = torch.cdist(pos, pos)
         y = float(z.float().sum() * 0.1 + torch.exp(-d[d > 0]).sum())
-        rec = Data(pos=pos, atomic_numbers=z, natoms=na, tags=torch.full((na,), -1), fixed=torch.zeros(na, dtype=torch.long),
+        rec = Data(pos=pos, atomic_numbers=z, natoms=na, tags=torch.full((na,), -1),
+                   fixed=torch.zeros(na, dtype=torch.long),
                    cell=torch.zeros(1, 3, 3), pbc=torch.zeros(1, 3, dtype=torch.bool), edge_index=ei,
                    cell_offsets=off, y=y)
         if forces:
