@@ -1,9 +1,11 @@
-"""Training and evaluation for IS2RE (energy) and S2EF (energy + forces), any model of the project interface.
+"""Training and evaluation of any model of the project interface: energy or property targets (IS2RE, QM9)
+and energy + forces (S2EF, QM7-X).
 
 - Losses: energy MAE/MSE, force MAE/MSE on free atoms, and the energy-gradient term of Eq. (9)
   (direct forces pulled towards the detached -dE/dpos), with Table 7 coefficients.
-- AdamW; cosine or reduce-on-plateau schedulers with linear warm-up; gradient clipping; energy target
-  normalisation (mean/std of the training energies; forces scaled by the same std, as OCP does).
+- AdamW; cosine or reduce-on-plateau schedulers with linear warm-up; gradient clipping; target
+  normalisation (mean/std of the training targets, optionally after per-element least-squares shifts;
+  forces scaled by the same std, as OCP does).
 - A checkpoint every epoch (model, optimiser, scheduler, RNG streams, history) written atomically;
   a killed run resumes from it and reaches the same final metrics as an uninterrupted one, because the
   shuffling generator is re-seeded per epoch and evaluation runs in a forked RNG.
@@ -17,7 +19,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ class TrainSettings:
     force_coef: float = 0.0
     energy_grad_coef: float = 0.0
     normalize_targets: bool = True
+    element_shift: bool = False
     train_on_free_atoms: bool = True
     seed: int = 0
 
@@ -65,17 +68,55 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class Normalizer:
-    """Energy target normalisation: the model predicts (E - mean) / std and forces F / std."""
+    """Target normalisation: the model predicts ``(y - ref - mean) / std`` and forces ``F / std``.
+
+    ``ref`` is zero, or with ``element_shift`` the per-graph sum of per-element energies fitted by least
+    squares on the training set (``y ~ sum_Z count_Z s_Z``, the authors' ``lse_shift`` for QM7-X / QM9):
+    it removes the composition part of total energies (thousands of eV) before mean/std scaling.
+    ``element_shift[Z]`` is in target units; Z absent from the training set get 0.
+    """
 
     mean: float = 0.0
     std: float = 1.0
+    element_shift: tuple[float, ...] | None = None
 
     @classmethod
-    def fit(cls, energies: Tensor, enabled: bool = True) -> Normalizer:
-        if not enabled or energies.numel() < 2:
-            return cls()
-        std = float(energies.std())
-        return cls(float(energies.mean()), std if std > 1e-8 else 1.0)
+    def fit(cls, records: Sequence[Any], enabled: bool = True, element_shift: bool = False) -> Normalizer:
+        """Fit on training records (``.y`` and, for ``element_shift``, ``.atomic_numbers``)."""
+        y = torch.tensor([float(r.y) for r in records], dtype=torch.float64)
+        shift = None
+        if element_shift and len(records):
+            zmax = max(int(r.atomic_numbers.max()) for r in records)
+            counts = torch.zeros(len(records), zmax + 1, dtype=torch.float64)
+            for k, r in enumerate(records):
+                counts[k] += torch.bincount(r.atomic_numbers.long(), minlength=zmax + 1).to(torch.float64)
+            sol = torch.linalg.lstsq(counts, y[:, None], driver="gelsd").solution[:, 0]
+            shift = tuple(float(v) for v in sol)
+            y = y - counts @ sol
+        if not enabled or y.numel() < 2:
+            return cls(element_shift=shift)
+        std = float(y.std())
+        return cls(float(y.mean()), std if std > 1e-8 else 1.0, shift)
+
+    def reference(self, batch: Any) -> Tensor:
+        """Per-graph ``sum_i shift[Z_i]`` (B,), float64; zeros without an element shift."""
+        n_graphs = int(batch.num_graphs) if getattr(batch, "num_graphs", None) is not None else 1
+        ref = torch.zeros(n_graphs, dtype=torch.float64)
+        if self.element_shift is None:
+            return ref
+        table = torch.tensor(self.element_shift, dtype=torch.float64)
+        z = batch.atomic_numbers.long().cpu()
+        per_atom = torch.where(z < table.numel(), table[z.clamp(max=table.numel() - 1)], 0.0)
+        b = batch.batch.cpu() if getattr(batch, "batch", None) is not None else torch.zeros_like(z)
+        return ref.index_add_(0, b, per_atom)
+
+    def normalize(self, y: Tensor, batch: Any) -> Tensor:
+        ref = self.reference(batch).to(device=y.device)
+        return ((y.to(torch.float64) - ref - self.mean) / self.std).to(y.dtype)
+
+    def denormalize(self, pred: Tensor, batch: Any) -> Tensor:
+        ref = self.reference(batch).to(device=pred.device)
+        return (pred.to(torch.float64) * self.std + self.mean + ref).to(pred.dtype)
 
 
 def _seed_everything(seed: int) -> None:
@@ -102,7 +143,7 @@ def compute_loss(out: Mapping[str, Tensor], batch: Any, s: TrainSettings, norm: 
     ``energy_grad_coef * l(F_direct, -dE/dpos)`` pulls the direct force head towards the energy gradient
     (the gradient is detached, so the energy head is not changed by it).
     """
-    y = (batch.y.to(out["energy"].dtype).view(-1) - norm.mean) / norm.std
+    y = norm.normalize(batch.y.to(out["energy"].dtype).view(-1), batch)
     loss_e = _elementwise(s.loss, out["energy"].view(-1), y).mean()
     total = s.energy_coef * loss_e
     parts = {"loss_energy": float(loss_e.detach())}
@@ -144,7 +185,7 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalize
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             with torch.enable_grad() if needs_forces else torch.no_grad():
                 out = model(batch)
-            energies.append(out["energy"].detach().view(-1) * norm.std + norm.mean)
+            energies.append(norm.denormalize(out["energy"].detach().view(-1), batch))
             y.append(batch.y.view(-1).to(energies[-1].dtype))
             if needs_forces:
                 forces.append(out["forces"].detach() * norm.std)
@@ -219,8 +260,7 @@ def train(
         raise ValueError("the training set is empty: generate more systems or check the split fractions")
     s = settings
     _seed_everything(s.seed)
-    energies = torch.tensor([float(train_set[i].y) for i in range(len(train_set))])
-    norm = Normalizer.fit(energies, s.normalize_targets)
+    norm = Normalizer.fit([train_set[i] for i in range(len(train_set))], s.normalize_targets, s.element_shift)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / s.batch_size)
     total_steps = steps_per_epoch * s.epochs
@@ -239,7 +279,10 @@ def train(
         opt.load_state_dict(ckpt["optimizer"])
         if plateau is not None and ckpt.get("plateau") is not None:
             plateau.load_state_dict(ckpt["plateau"])
-        norm = Normalizer(**ckpt["normalizer"])
+        saved = dict(ckpt["normalizer"])
+        if saved.get("element_shift") is not None:
+            saved["element_shift"] = tuple(saved["element_shift"])
+        norm = Normalizer(**saved)
         history, epoch_seconds = ckpt["history"], ckpt["epoch_seconds"]
         start_epoch, step = ckpt["epoch"], ckpt["step"]
         _set_rng_state(ckpt["rng"])

@@ -3,10 +3,21 @@
 Validation happens once, before any work: an unknown key, a wrong type or an impossible value fails at
 once with a message naming the key path and what is allowed. Library code receives plain keyword
 arguments taken from these models, never the config object itself.
+
+Layout of params.yaml:
+
+- ``profile``: the active profile (one key; ``dvc exp run -S profile=smoke``).
+- ``train_matrix``: the experiment design. ``model`` maps each model to the cells it trains,
+  ``{dataset: [symmetry methods]}``; its keys, ``dataset`` and ``symmetry`` are the three axes of the DVC
+  ``train`` matrix (every cell a stage; a cell not listed for its model is recorded as not trained).
+  A new baseline is one file in ``baselines/`` plus one line under ``train_matrix.model``.
+- ``profiles``: scale (data sizes, epochs, hyperparameters) of ``smoke``, ``default`` and ``paper``; a
+  profile's ``train.only`` (shell-style patterns over cell names) keeps a subset of the cells.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 from pathlib import Path
@@ -19,28 +30,46 @@ ROOT = Path(__file__).resolve().parent.parent
 PARAMS_PATH = ROOT / "params.yaml"
 
 SYMMETRY_METHODS = ("none", "sfa", "full", "se3-sfa", "se3-full", "da")
-DATASETS = ("is2re", "s2ef")
+DATASETS = ("is2re", "s2ef", "qm7x", "qm9")
+CATALYSIS = ("is2re", "s2ef")
+MOLECULES = ("qm7x", "qm9")
+#: Frames of each task: 2 = PCA in the xy plane, rotations/reflections about z (OC20 slabs); 3 = full E(3).
+FRAME_DIM = {"is2re": 2, "s2ef": 2, "qm7x": 3, "qm9": 3}
+#: Tasks whose targets include per-atom forces.
+FORCE_TASKS = ("s2ef", "qm7x")
+#: Evaluation splits of each task, the first one being the validation split that drives schedulers.
+EVAL_SPLITS = {"is2re": ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both", "test"),
+               "s2ef": ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both", "test"),
+               "qm7x": ("val_id", "val_ood", "test"),
+               "qm9": ("val", "test")}
 ELEMENTS_EMT = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 FACETS = ("111", "100", "110")
+QM9_TARGET_NAMES = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "cv")
 
 PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(Strict):
-    """The catalysis data: embedded EMT set (``emt``) or the real OC20 LMDBs (``oc20``)."""
+# ----------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------
+
+class CatalysisData(Strict):
+    """IS2RE and S2EF: the embedded EMT set (``emt``) or the real OC20 LMDBs (``oc20``)."""
 
     source: Literal["emt", "oc20"] = "emt"
-    seed: int = 0
+    seed: NonNegInt = 0
     n_systems: PositiveInt = 200
     # Fractions of the in-distribution systems (the OOD splits are defined by held-out metals/adsorbates).
     val_id_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
-    test_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    test_fraction: Fraction = 0.1
     metals: list[Literal[ELEMENTS_EMT]] = Field(default_factory=lambda: list(ELEMENTS_EMT), min_length=2)
     ood_metals: list[Literal[ELEMENTS_EMT]] = Field(default_factory=lambda: ["Ag"])
     facets: list[Literal[FACETS]] = Field(default_factory=lambda: list(FACETS), min_length=1)
@@ -54,13 +83,13 @@ class DataConfig(Strict):
     workers: PositiveInt = 2
     cutoff: PositiveFloat = 6.0
     max_num_neighbors: PositiveInt = 50
-    # OC20 only: where the downloaded LMDBs live (relative to the repo root).
-    oc20_dir: str = "data/oc20"
+    # OC20 only: where the downloaded archives live (relative to the repo root).
+    oc20_dir: str = "data_raw/oc20"
     oc20_is2re_size: Literal["10k", "100k", "all"] = "all"
     oc20_s2ef_size: Literal["200k", "2M", "20M", "all"] = "2M"
 
     @model_validator(mode="after")
-    def _held_out_are_subsets(self) -> DataConfig:
+    def _held_out_are_subsets(self) -> CatalysisData:
         extra_m = set(self.ood_metals) - set(self.metals)
         if extra_m:
             raise ValueError(f"ood_metals {sorted(extra_m)} must also be listed in metals {self.metals}")
@@ -74,6 +103,51 @@ class DataConfig(Strict):
         return self
 
 
+class QM7XData(Strict):
+    """QM7-X: the embedded QM7-X-like set (``embedded``: RDKit + GFN2-xTB) or the real HDF5 files (``real``)."""
+
+    source: Literal["embedded", "real"] = "embedded"
+    seed: NonNegInt = 0
+    n_molecules: PositiveInt = 100
+    conformers_per_molecule: PositiveInt = 8
+    n_equilibrium: PositiveInt = 1
+    displacement: tuple[NonNegFloat, NonNegFloat] = (0.02, 0.06)
+    unknown_fraction: Fraction = 0.1
+    val_ood_fraction: Fraction = 0.1
+    val_id_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    cutoff: PositiveFloat = 5.0
+    max_num_neighbors: PositiveInt = 40
+    workers: PositiveInt = 2
+    # real only: where the Zenodo files are downloaded to (relative to the repo root), and which of them.
+    raw_dir: str = "data_raw/qm7x"
+    set_ids: list[str] = Field(default_factory=lambda: ["1000", "2000", "3000", "4000", "5000", "6000",
+                                                        "7000", "8000"], min_length=1)
+
+
+class QM9Data(Strict):
+    """QM9: the embedded QM9-like set (``embedded``: RDKit + GFN2-xTB properties) or the real QM9 (``real``)."""
+
+    source: Literal["embedded", "real"] = "embedded"
+    seed: NonNegInt = 0
+    n_molecules: PositiveInt = 200
+    n_trials: PositiveInt = 4
+    polarizability: bool = True
+    cutoff: PositiveFloat = 6.0
+    max_num_neighbors: PositiveInt = 30
+    workers: PositiveInt = 2
+    raw_dir: str = "data_raw/qm9"
+
+
+class DataConfig(Strict):
+    catalysis: CatalysisData = CatalysisData()
+    qm7x: QM7XData = QM7XData()
+    qm9: QM9Data = QM9Data()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------
+
 class TaskTrainConfig(Strict):
     """Optimisation for one task (Table 7 rows: optimiser, scheduler, warm-up, lr, batch size, loss coeffs)."""
 
@@ -82,31 +156,48 @@ class TaskTrainConfig(Strict):
     lr: PositiveFloat = 1e-3
     weight_decay: NonNegFloat = 0.0
     scheduler: Literal["cosine", "plateau", "constant"] = "cosine"
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    warmup_steps: NonNegInt = 0
     warmup_factor: Annotated[float, Field(gt=0, le=1)] = 0.2
     plateau_factor: Annotated[float, Field(gt=0, lt=1)] = 0.9
-    plateau_patience: Annotated[int, Field(ge=0)] = 5
+    plateau_patience: NonNegInt = 5
     grad_clip: NonNegFloat = 10.0
     loss: Literal["mae", "mse"] = "mae"
     energy_coef: NonNegFloat = 1.0
     force_coef: NonNegFloat = 0.0
     energy_grad_coef: NonNegFloat = 0.0
+    # Target normalisation: mean/std of the training targets, optionally after subtracting per-element
+    # energies fitted by least squares on the training set (QM7-X/QM9 total energies, the fork's lse_shift).
     normalize_targets: bool = True
+    element_shift: bool = False
     regress_forces: Literal["", "direct", "from_energy", "direct_with_gradient_target"] = ""
     train_on_free_atoms: bool = True
     rewiring: Literal["none", "remove-tag-0"] = "none"
+    # QM9 only: the properties to train, one model each (the paper trains one model per target).
+    targets: list[str] = Field(default_factory=list)
 
 
 class TrainConfig(Strict):
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[NonNegInt] = Field(default_factory=lambda: [0], min_length=1)
     eval_batch_size: PositiveInt = 64
     threads: PositiveInt = 2
+    # Shell-style patterns over cell names ``<model>-<dataset>-<symmetry>``; empty = every designed cell.
+    only: list[str] = Field(default_factory=list)
     is2re: TaskTrainConfig = TaskTrainConfig()
     s2ef: TaskTrainConfig = TaskTrainConfig(force_coef=30.0, regress_forces="direct")
-    # Which cells of the train matrix this profile trains: {model: {dataset: [symmetry methods]}}.
-    runs: dict[str, dict[Literal[DATASETS], list[Literal[SYMMETRY_METHODS]]]] = Field(default_factory=dict)
+    qm7x: TaskTrainConfig = TaskTrainConfig(force_coef=100.0, regress_forces="direct", element_shift=True)
+    qm9: TaskTrainConfig = TaskTrainConfig(targets=["gap"])
     # Per-(model, task) overrides of the task settings, e.g. {"faenet": {"s2ef": {"rewiring": "remove-tag-0"}}}.
     overrides: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _targets_only_for_qm9(self) -> TrainConfig:
+        for task in ("is2re", "s2ef", "qm7x"):
+            if getattr(self, task).targets:
+                raise ValueError(f"{task}.targets: only qm9 trains per-property models; leave it empty")
+        if not self.qm9.targets:
+            raise ValueError(f"qm9.targets: name at least one property, e.g. [gap]; QM9 names: "
+                             f"{list(QM9_TARGET_NAMES)}")
+        return self
 
     def for_run(self, model: str, task: str) -> TaskTrainConfig:
         base: TaskTrainConfig = getattr(self, task)
@@ -123,39 +214,104 @@ class ModelSpec(Strict):
     common: dict[str, Any] = Field(default_factory=dict)
     is2re: dict[str, Any] = Field(default_factory=dict)
     s2ef: dict[str, Any] = Field(default_factory=dict)
+    qm7x: dict[str, Any] = Field(default_factory=dict)
+    qm9: dict[str, Any] = Field(default_factory=dict)
 
     def for_task(self, task: str) -> dict[str, Any]:
         return {**self.common, **getattr(self, task)}
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation stages
+# ----------------------------------------------------------------------------------------------------------
+
 class SymmetryEvalConfig(Strict):
+    """Stage ``symmetry`` (App. D, Tables 11-12): metrics of every trained cell on the ID validation split."""
+
+    datasets: list[Literal[DATASETS]] = Field(default_factory=lambda: ["is2re", "s2ef"], min_length=1)
     n_transforms: PositiveInt = 8
     max_graphs: PositiveInt = 64
+    batch_size: PositiveInt = 16
     degenerate_tol: PositiveFloat = 1e-3
+    translation_scale: NonNegFloat = 5.0
+    seed: NonNegInt = 0
+
+
+class ExpressivityConfig(Strict):
+    """Stage ``expressivity`` (App. B.2, Tables 3-5): the geometric-gnn-dojo pairs, paper and strict protocols.
+
+    ``models`` are ``<model>`` or ``<model>-<symmetry>`` (e.g. ``faenet-sfa``); ``hparams`` per model name.
+    """
+
+    models: list[str] = Field(default_factory=lambda: ["schnet", "dimenet_pp", "faenet", "faenet-sfa",
+                                                       "faenet-full", "forcenet"], min_length=1)
+    n_seeds: PositiveInt = 10
+    epochs: PositiveInt = 100
+    lr: PositiveFloat = 1e-4
+    kchain_k: Annotated[int, Field(ge=2)] = 4
+    kchain_layers: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
+    folds: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [2, 3, 5, 7], min_length=1)
+    strict_transforms: PositiveInt = 16
+    workers: PositiveInt = 2
+    hparams: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class AblationConfig(Strict):
+    """Stage ``ablation`` (App. B.3, Table 6): FAENet variants trained on IS2RE with SFA, MAE and throughput."""
+
+    variants: list[str] = Field(default_factory=list)  # Table 6 row names; empty = all of them
+    seeds: list[NonNegInt] = Field(default_factory=lambda: [0], min_length=1)
+    symmetry: Literal[SYMMETRY_METHODS] = "sfa"
 
 
 class BenchmarkConfig(Strict):
+    """Stage ``benchmark``: forward throughput, epoch time and peak memory, two graph protocols."""
+
     batch_size: PositiveInt = 16
     n_batches: PositiveInt = 2
     repeats: PositiveInt = 3
-    warmup: Annotated[int, Field(ge=0)] = 1
+    warmup: NonNegInt = 1
     threads: PositiveInt = 2
     paper_hparams: bool = True
+    # Scaling curve: slabs of n x n x 4 atoms (+ an adsorbate) for each n.
+    scaling_sizes: list[PositiveInt] = Field(default_factory=lambda: [2, 3, 4, 5], min_length=1)
 
 
 class Profile(Strict):
     description: str = ""
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
-    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    hparams: dict[str, ModelSpec] = Field(default_factory=dict)
     symmetry: SymmetryEvalConfig = SymmetryEvalConfig()
+    expressivity: ExpressivityConfig = ExpressivityConfig()
+    ablation: AblationConfig = AblationConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+
+    def model_hparams(self, model: str, task: str) -> dict[str, Any]:
+        """The profile's hyperparameters of ``model`` for ``task`` ({} = the constructor's defaults)."""
+        spec = self.hparams.get(model)
+        return spec.for_task(task) if spec is not None else {}
 
 
 class TrainMatrix(Strict):
-    model: list[str] = Field(min_length=1)
+    """The DVC ``train`` matrix: ``model`` keys x ``dataset`` x ``symmetry``; ``model`` says what is trained."""
+
+    model: dict[str, dict[Literal[DATASETS], list[Literal[SYMMETRY_METHODS]]]] = Field(min_length=1)
     dataset: list[Literal[DATASETS]] = Field(min_length=1)
     symmetry: list[Literal[SYMMETRY_METHODS]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cells_inside_axes(self) -> TrainMatrix:
+        for model, per_task in self.model.items():
+            for task, methods in per_task.items():
+                if task not in self.dataset:
+                    raise ValueError(f"model.{model}.{task}: {task!r} is not in train_matrix.dataset "
+                                     f"{self.dataset}, so DVC never runs it")
+                missing = [m for m in methods if m not in self.symmetry]
+                if missing:
+                    raise ValueError(f"model.{model}.{task}: {missing} not in train_matrix.symmetry "
+                                     f"{self.symmetry}")
+        return self
 
 
 class Params(Strict):
@@ -179,6 +335,26 @@ class Params(Strict):
     @property
     def active(self) -> Profile:
         return self.profiles[self.profile]
+
+    def designed_cells(self) -> list[tuple[str, str, str]]:
+        """Every (model, dataset, symmetry) that ``train_matrix.model`` asks to train, in matrix order."""
+        mx = self.train_matrix
+        return [(m, d, s) for m in mx.model for d in mx.dataset for s in mx.symmetry
+                if s in mx.model[m].get(d, [])]
+
+    def trains(self, model: str, dataset: str, symmetry: str) -> bool:
+        """Whether the active profile trains this cell (designed, and matching ``train.only`` if set)."""
+        if symmetry not in self.train_matrix.model.get(model, {}).get(dataset, []):
+            return False
+        only = self.active.train.only
+        return not only or any(fnmatch.fnmatchcase(cell_name(model, dataset, symmetry), p) for p in only)
+
+    def trained_cells(self) -> list[tuple[str, str, str]]:
+        return [c for c in self.designed_cells() if self.trains(*c)]
+
+
+def cell_name(model: str, dataset: str, symmetry: str) -> str:
+    return f"{model}-{dataset}-{symmetry}"
 
 
 class ConfigError(ValueError):
@@ -205,26 +381,17 @@ def _check_models(params: Params) -> None:
     known = set(available_models())
     unknown = [m for m in params.train_matrix.model if m not in known]
     if unknown:
-        raise ConfigError(f"train_matrix.model: unknown model(s) {unknown}; registered: {sorted(known)}")
+        raise ConfigError(f"train_matrix.model: unknown model(s) {unknown}; registered: {sorted(known)} "
+                          "(a model registers with @register('name') in a file of baselines/)")
     for pname, prof in params.profiles.items():
-        for mname, spec in prof.models.items():
+        for mname, spec in prof.hparams.items():
             if mname not in known:
-                raise ConfigError(f"profiles.{pname}.models.{mname}: unknown model; registered: {sorted(known)}")
+                raise ConfigError(f"profiles.{pname}.hparams.{mname}: unknown model; registered: {sorted(known)}")
             for task in DATASETS:
                 try:
                     check_hparams(mname, spec.for_task(task))
                 except ValueError as err:
-                    raise ConfigError(f"profiles.{pname}.models.{mname} ({task}): {err}") from None
-        mx = params.train_matrix
-        for mname, per_task in prof.train.runs.items():
-            for task, methods in per_task.items():
-                where = f"profiles.{pname}.train.runs.{mname}.{task}"
-                if mname not in mx.model or task not in mx.dataset:
-                    raise ConfigError(f"{where}: ({mname}, {task}) is not in train_matrix, so DVC never runs it; "
-                                      f"train_matrix.model = {mx.model}, train_matrix.dataset = {mx.dataset}")
-                missing = [m for m in methods if m not in mx.symmetry]
-                if missing:
-                    raise ConfigError(f"{where}: {missing} not in train_matrix.symmetry {mx.symmetry}")
+                    raise ConfigError(f"profiles.{pname}.hparams.{mname} ({task}): {err}") from None
         for mname, per_task in prof.train.overrides.items():
             for task in per_task:
                 if task not in DATASETS:
@@ -234,10 +401,19 @@ def _check_models(params: Params) -> None:
                     prof.train.for_run(mname, task)
                 except ValueError as err:
                     raise ConfigError(f"profiles.{pname}.{err}") from None
+        for name in prof.expressivity.models:
+            base, _, method = name.partition("-")
+            if base not in known or (method and method not in SYMMETRY_METHODS):
+                raise ConfigError(f"profiles.{pname}.expressivity.models: {name!r} is not <model> or "
+                                  f"<model>-<symmetry>; models: {sorted(known)}, symmetry: {list(SYMMETRY_METHODS)}")
 
 
 def parse_params(raw: dict[str, Any], check_models: bool = True) -> Params:
-    """Validate a params mapping; raise ConfigError with the offending key path."""
+    """Validate a params mapping; raise ConfigError with the offending key path.
+
+    ``check_models=False`` skips the registry checks (they import torch): for stages that only need to
+    know whether they have work to do.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"params must be a mapping at the top level, got {type(raw).__name__}")
     try:
@@ -267,6 +443,11 @@ def params_hash(params: Params) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def digest(obj: Any) -> str:
+    """A short, stable hash of a JSON-serialisable value (checkpoint and cache keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dict -> {"a.b.c": value} for MLflow params."""
     out: dict[str, Any] = {}
@@ -281,4 +462,5 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 if __name__ == "__main__":  # `python -m pipeline.config` validates params.yaml and prints the active profile
     p = load_params()
-    print(f"params.yaml OK: profile={p.profile}, hash={params_hash(p)}")
+    print(f"params.yaml OK: profile={p.profile}, hash={params_hash(p)}, "
+          f"{len(p.trained_cells())} of {len(p.designed_cells())} designed cells trained")

@@ -1,20 +1,104 @@
-"""Stage `fetch`: the catalysis datasets (IS2RE, S2EF) as LMDBs under ``data/catalysis/{is2re,s2ef}/``.
+"""Stage `fetch`: every dataset of the profile as LMDBs under ``data/<task>/`` (is2re, s2ef, qm7x, qm9).
 
-``data.source: emt`` generates the embedded OC20-like set with ASE's EMT (deterministic by seed, resumable:
-per-system results are cached in ``work/fetch/`` outside DVC's outputs). ``data.source: oc20`` downloads the
-real OC20 LMDBs (checksummed, safe extraction) and converts their records to the project schema.
+Catalysis (``data.catalysis.source``): ``emt`` generates the embedded OC20-like set with ASE's EMT
+(deterministic by seed, resumable: per-system results are cached in ``work/fetch/catalysis``); ``oc20``
+downloads the real OC20 (checksummed, safe extraction) and converts its records to the project schema.
+Molecules (``data.qm7x.source``, ``data.qm9.source``): ``embedded`` builds the QM7-X-like / QM9-like sets
+(RDKit conformers, GFN2-xTB labels, per-molecule cache in ``work/fetch/<task>``); ``real`` downloads and
+converts QM7-X (Zenodo HDF5) and QM9 (PyG's raw files). Each ``data/<task>/summary.json`` describes its set.
 Writes the data card ``reports/data_card.md`` and ``metrics/fetch.json``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
-from pipeline.config import ROOT, ConfigError, load_params
+from pipeline.config import ROOT, CatalysisData, ConfigError, QM7XData, QM9Data, load_params
 from pipeline.tracking import write_json
 
-OUT = ROOT / "data" / "catalysis"
+DATA = ROOT / "data"
+WORK = ROOT / "work" / "fetch"
+
+
+def _write_summary(folder: Path, summary: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def fetch_catalysis(d: CatalysisData) -> dict[str, Any]:
+    if d.source == "emt":
+        from faenet.data.catalysis import generate_catalysis
+
+        summary = generate_catalysis(
+            DATA, n_systems=d.n_systems, metals=d.metals, facets=d.facets, adsorbates=d.adsorbates,
+            ood_metals=d.ood_metals, ood_adsorbates=d.ood_adsorbates, val_id_fraction=d.val_id_fraction,
+            test_fraction=d.test_fraction, slab_size=d.slab_size, seed=d.seed, workers=d.workers,
+            cutoff=d.cutoff, max_num_neighbors=d.max_num_neighbors, s2ef_frame_stride=d.s2ef_frame_stride,
+            fmax=d.fmax, max_steps=d.max_steps, work_dir=WORK / "catalysis", progress=True,
+            summary_path=None)
+    else:
+        from faenet.data.oc20 import prepare_oc20
+
+        summary = prepare_oc20(ROOT / d.oc20_dir, DATA, is2re_size=d.oc20_is2re_size, s2ef_size=d.oc20_s2ef_size)
+    # What the data determine goes into the DVC outputs (same inputs -> same bytes); timings do not.
+    stable = {k: v for k, v in summary.items() if k not in TIMING_KEYS}
+    for task in ("is2re", "s2ef"):
+        _write_summary(DATA / task, {**stable, "task": task})
+    return summary
+
+
+TIMING_KEYS = ("generation_seconds", "compute_seconds", "systems_computed", "systems_from_cache",
+               "workers", "seconds_per_system", "timing")
+
+
+def fetch_qm7x(d: QM7XData) -> dict[str, Any]:
+    out = DATA / "qm7x"
+    if d.source == "embedded":
+        from faenet.data.molecules import generate_qm7x_like
+
+        summary = generate_qm7x_like(
+            out, n_molecules=d.n_molecules, conformers_per_molecule=d.conformers_per_molecule, seed=d.seed,
+            workers=d.workers, n_equilibrium=d.n_equilibrium, displacement=d.displacement,
+            unknown_fraction=d.unknown_fraction, val_ood_fraction=d.val_ood_fraction,
+            val_id_fraction=d.val_id_fraction, cutoff=d.cutoff, max_neighbors=d.max_num_neighbors,
+            cache_dir=WORK / "qm7x", progress=True)
+    else:
+        from faenet.data.qm7x import download_qm7x, write_qm7x_lmdbs
+
+        raw = ROOT / d.raw_dir
+        paths = download_qm7x(raw, d.set_ids)
+        sizes = write_qm7x_lmdbs(paths, out, dupmols=raw / "DupMols.dat", cutoff=d.cutoff,
+                                 max_neighbors=d.max_num_neighbors)
+        summary = {"dataset": "qm7x", "source": "Zenodo record 4288677 (PBE0+MBD)", "sizes": sizes,
+                   "set_ids": d.set_ids, "split_roles": {"known": "val_id", "unknown": "test"}}
+        _write_summary(out, summary)
+    return summary
+
+
+def fetch_qm9(d: QM9Data) -> dict[str, Any]:
+    out = DATA / "qm9"
+    if d.source == "embedded":
+        from faenet.data.molecules import QM9_LIKE_TARGETS, generate_qm9_like
+
+        summary = generate_qm9_like(out, n_molecules=d.n_molecules, seed=d.seed, workers=d.workers,
+                                    n_trials=d.n_trials, polarizability=d.polarizability, cutoff=d.cutoff,
+                                    max_neighbors=d.max_num_neighbors, cache_dir=WORK / "qm9", progress=True)
+        summary["target_names"] = [n for n, _, _ in QM9_LIKE_TARGETS]
+        summary["target_units"] = {n: u for n, u, _ in QM9_LIKE_TARGETS}
+    else:
+        from faenet.data.qm9 import TARGETS, download_qm9, write_qm9_lmdbs
+
+        raw = download_qm9(ROOT / d.raw_dir)
+        sizes = write_qm9_lmdbs(raw, out, cutoff=d.cutoff, max_neighbors=d.max_num_neighbors)
+        summary = {"dataset": "qm9", "source": "PyG raw files (gdb9.sdf, gdb9.sdf.csv, uncharacterized.txt)",
+                   "sizes": sizes, "target_names": [t.name for t in TARGETS],
+                   "target_units": {t.name: t.unit for t in TARGETS}}
+    _write_summary(out, {k: v for k, v in summary.items() if k not in TIMING_KEYS})
+    return summary
 
 
 def main() -> int:
@@ -25,28 +109,51 @@ def main() -> int:
         return 2
     d = params.active.data
     t0 = time.perf_counter()
-    if d.source == "emt":
-        from faenet.data.catalysis import data_card_markdown, generate_catalysis
+    summaries: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for name, fn, cfg in (("catalysis", fetch_catalysis, d.catalysis), ("qm7x", fetch_qm7x, d.qm7x),
+                          ("qm9", fetch_qm9, d.qm9)):
+        t = time.perf_counter()
+        summaries[name] = fn(cfg)
+        seconds[name] = round(time.perf_counter() - t, 1)
+        print(f"fetch {name}: {summaries[name].get('counts') or summaries[name].get('sizes')} in {seconds[name]} s",
+              flush=True)
+    from faenet.data.dataset import content_hash
 
-        summary = generate_catalysis(
-            OUT, n_systems=d.n_systems, metals=d.metals, facets=d.facets, adsorbates=d.adsorbates,
-            ood_metals=d.ood_metals, ood_adsorbates=d.ood_adsorbates, val_id_fraction=d.val_id_fraction,
-            test_fraction=d.test_fraction, slab_size=d.slab_size, seed=d.seed, workers=d.workers,
-            cutoff=d.cutoff, max_num_neighbors=d.max_num_neighbors, s2ef_frame_stride=d.s2ef_frame_stride,
-            fmax=d.fmax, max_steps=d.max_steps, work_dir=ROOT / "work" / "fetch", progress=True)
-    else:
-        from faenet.data.oc20 import data_card_markdown, prepare_oc20
-
-        summary = prepare_oc20(ROOT / d.oc20_dir, OUT, is2re_size=d.oc20_is2re_size,
-                               s2ef_size=d.oc20_s2ef_size)
-    summary["profile"] = params.profile
-    summary["stage_seconds"] = round(time.perf_counter() - t0, 1)
+    hashes = {task: content_hash(DATA / task) for task in ("is2re", "s2ef", "qm7x", "qm9")}
     card = ROOT / "reports" / "data_card.md"
     card.parent.mkdir(parents=True, exist_ok=True)
-    card.write_text(data_card_markdown(summary))
-    write_json(ROOT / "metrics" / "fetch.json", summary)
-    print(f"fetch: {summary.get('counts', '')} in {summary['stage_seconds']} s")
+    card.write_text(data_card(params.profile, summaries, hashes))
+    write_json(ROOT / "metrics" / "fetch.json", {
+        "profile": params.profile, "content_hashes": hashes, "stage_seconds": round(time.perf_counter() - t0, 1),
+        "seconds": seconds, "sizes": {"is2re": summaries["catalysis"]["counts"]["is2re"],
+                                      "s2ef": summaries["catalysis"]["counts"]["s2ef"],
+                                      "qm7x": summaries["qm7x"]["sizes"], "qm9": summaries["qm9"]["sizes"]},
+        "degenerate_frames": {k: summaries[k].get("degenerate_frames") for k in ("qm7x", "qm9")},
+        "catalysis": {k: v for k, v in summaries["catalysis"].items() if k in TIMING_KEYS}})
     return 0
+
+
+def data_card(profile: str, summaries: dict[str, Any], hashes: dict[str, str]) -> str:
+    from faenet.data.molecules import data_card_markdown as molecules_card
+
+    cat = summaries["catalysis"]
+    if cat.get("source") == "emt":
+        from faenet.data.catalysis import data_card_markdown as catalysis_card
+    else:
+        from faenet.data.oc20 import data_card_markdown as catalysis_card
+    parts = [f"# Data card (profile `{profile}`)", "",
+             "Written by stage `fetch`. Sections: catalysis (IS2RE, S2EF), QM7-X, QM9.", "",
+             "| data | content hash (sha256 over record values) |", "|---|---|"]
+    parts += [f"| {k} | `{v}` |" for k, v in hashes.items()]
+    parts += ["", _demote(catalysis_card(cat)), "", _demote(molecules_card(summaries["qm7x"])), "",
+              _demote(molecules_card(summaries["qm9"]))]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _demote(md: str) -> str:
+    """Sub-documents' headings one level down, under the card's title."""
+    return "\n".join("#" + line if line.startswith("#") else line for line in md.splitlines())
 
 
 if __name__ == "__main__":

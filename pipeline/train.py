@@ -2,43 +2,55 @@
 
     python -m pipeline.train --model faenet --dataset is2re --symmetry sfa
 
-Writes ``metrics/train/<model>-<dataset>-<symmetry>.json`` (DVC metric, in git), the per-epoch curves
-``metrics/train/curves/<cell>.csv`` (DVC plot) and the final checkpoints ``models/<cell>/seed<k>.pt`` (DVC
-cache). One MLflow run per seed. Checkpoints of unfinished runs live in ``work/ckpt/`` (outside DVC's
-outputs, which DVC deletes before a stage runs), so a killed stage resumes where it stopped.
+Writes ``metrics/train/<cell>.json`` (DVC metric, in git), the per-epoch curves
+``metrics/train/curves/<cell>.csv`` (DVC plot) and the final checkpoints ``models/<cell>/`` (DVC cache).
+One MLflow run per seed (per seed and property for QM9, which trains one model per target as the paper).
 
-A cell the active profile does not list under ``train.runs`` is recorded as not trained (no numbers) and
-exits before importing torch: the matrix is the full product, the profile decides what is worth its time.
+Nothing computed is lost: checkpoints of unfinished runs live in ``work/ckpt/`` (outside DVC's outputs,
+which DVC deletes before a stage runs), so a killed stage resumes where it stopped; a finished run leaves
+its result in ``work/results/`` and is not repeated (nor logged twice) when DVC reruns the cell because an
+unrelated parameter changed. Both are keyed by a digest of everything the run depends on (model,
+hyperparameters, training settings, symmetry method, target, seed and the dataset's content hash).
+
+A cell that ``train_matrix.model`` does not list, or that the profile's ``train.only`` filters out, is
+recorded as not trained (no numbers) before torch is imported.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
-from pipeline.config import DATASETS, ROOT, SYMMETRY_METHODS, ConfigError, flatten, load_params, params_hash
-from pipeline.tracking import provenance, write_json
+from pipeline.config import (
+    DATASETS,
+    EVAL_SPLITS,
+    FORCE_TASKS,
+    FRAME_DIM,
+    ROOT,
+    SYMMETRY_METHODS,
+    ConfigError,
+    Params,
+    cell_name,
+    digest,
+    flatten,
+    load_params,
+    params_hash,
+)
+from pipeline.tables import mean_std
+from pipeline.tracking import write_json
 
-DATA_DIR = ROOT / "data" / "catalysis"
-SPLITS_EVAL = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both", "test")
+DATA = ROOT / "data"
 
 
-def cell_name(model: str, dataset: str, symmetry: str) -> str:
-    return f"{model}-{dataset}-{symmetry}"
-
-
-def _mean_std(values: list[float]) -> dict[str, float | list[float]]:
-    import statistics
-
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "per_seed": values}
-
-
-def _write_skip(cell: str, reason: str, metrics_path: Path, models_dir: Path) -> None:
+def _write_skip(cell: str, reason: str, metrics_path: Path, curves_path: Path, models_dir: Path) -> None:
     models_dir.mkdir(parents=True, exist_ok=True)
     (models_dir / "NOT_TRAINED.txt").write_text(reason + "\n")
+    curves_path.write_text("epoch,seed\n")
     write_json(metrics_path, {"cell": cell, "trained": False, "reason": reason})
 
 
@@ -49,120 +61,215 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--symmetry", required=True, choices=SYMMETRY_METHODS)
     args = ap.parse_args(argv)
     try:
-        params = load_params()
+        params = load_params(check_models=False)  # the registry (torch) only if there is work to do
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    prof = params.active
     cell = cell_name(args.model, args.dataset, args.symmetry)
     metrics_path = ROOT / "metrics" / "train" / f"{cell}.json"
     curves_path = ROOT / "metrics" / "train" / "curves" / f"{cell}.csv"
     models_dir = ROOT / "models" / cell
     curves_path.parent.mkdir(parents=True, exist_ok=True)
-    wanted = prof.train.runs.get(args.model, {}).get(args.dataset, [])
-    if args.symmetry not in wanted:
-        _write_skip(cell, f"profile '{params.profile}' does not train this cell (train.runs.{args.model}."
-                          f"{args.dataset} = {wanted})", metrics_path, models_dir)
-        curves_path.write_text("epoch,seed\n")
-        print(f"{cell}: not in profile '{params.profile}', recorded as not trained")
+    if not params.trains(args.model, args.dataset, args.symmetry):
+        designed = params.train_matrix.model.get(args.model, {}).get(args.dataset, [])
+        why = (f"train.only of profile '{params.profile}' filters it out" if args.symmetry in designed
+               else f"train_matrix.model.{args.model}.{args.dataset} = {designed} does not list it")
+        _write_skip(cell, f"not trained: {why}", metrics_path, curves_path, models_dir)
+        print(f"{cell}: not trained ({why})")
         return 0
+    try:
+        params = load_params()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return run_cell(params, args.model, args.dataset, args.symmetry, metrics_path, curves_path, models_dir)
 
 
-def run_cell(params, model_name: str, task: str, symmetry: str, metrics_path: Path, curves_path: Path,
+def dataset_targets(task: str) -> list[str]:
+    """Names of the columns of the records' ``targets`` field (QM9), from the dataset's summary.json."""
+    summary = DATA / task / "summary.json"
+    if not summary.exists():
+        raise FileNotFoundError(f"{summary} is missing: run `dvc repro fetch` first")
+    info = json.loads(summary.read_text())
+    names = info.get("target_names") or [t["name"] for t in info.get("targets", [])]
+    if not names:
+        raise ValueError(f"{summary} lists no targets (expected 'target_names')")
+    return names
+
+
+def _select_target(index: int, name: str):
+    """Dataset transform: ``y`` = column ``index`` of ``targets`` (one QM9 model per property)."""
+    def fn(data):
+        value = float(data.targets.reshape(-1)[index])
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"QM9 record sid={getattr(data, 'sid', '?')}: property {name!r} is {value}; it is "
+                             "not available in this dataset (e.g. alpha without data.qm9.polarizability)")
+        out = data.clone()
+        out.y = value
+        return out
+    return fn
+
+
+def _compose(*fns):
+    fns = [f for f in fns if f is not None]
+    if not fns:
+        return None
+
+    def fn(data):
+        for f in fns:
+            data = f(data)
+        return data
+    return fn
+
+
+def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_path: Path, curves_path: Path,
              models_dir: Path) -> int:
     import torch
+
     from baselines.registry import build_model
     from faenet.data.dataset import GraphDataset, content_hash, remove_tag0
     from faenet.symmetry import SymmetryWrapper
-
     from faenet.training import TrainSettings, evaluate, train
-    from pipeline.tracking import mlflow_run
+    from pipeline.tracking import mlflow_run, provenance
 
     prof = params.active
     tcfg = prof.train.for_run(model_name, task)
     torch.set_num_threads(prof.train.threads)
     cell = cell_name(model_name, task, symmetry)
-    needs_forces = task == "s2ef"
-    transform = remove_tag0 if tcfg.rewiring == "remove-tag-0" else None
-    split_paths = {p.stem: p for p in sorted((DATA_DIR / task).glob("*.lmdb"))}
+    needs_forces = task in FORCE_TASKS
+    data_dir = DATA / task
+    split_paths = {p.stem: p for p in sorted(data_dir.glob("*.lmdb"))}
     if "train" not in split_paths:
-        raise FileNotFoundError(f"{DATA_DIR / task}/train.lmdb is missing: run `dvc repro fetch` first")
-    sets = {name: GraphDataset(path, task=task, transform=transform) for name, path in split_paths.items()}
-    eval_names = [s for s in SPLITS_EVAL if s in sets and len(sets[s]) > 0]
-    data_hash = content_hash(DATA_DIR / task)
-    hparams = prof.models.get(model_name)
-    hparams = hparams.for_task(task) if hparams is not None else {}
-    if tcfg.regress_forces and needs_forces:
-        hparams = {**hparams, "regress_forces": tcfg.regress_forces}
-    elif not needs_forces:
-        hparams = {**hparams, "regress_forces": ""}
+        raise FileNotFoundError(f"{data_dir}/train.lmdb is missing: run `dvc repro fetch` first")
+    rewire = remove_tag0 if tcfg.rewiring == "remove-tag-0" else None
+    eval_names = [s for s in EVAL_SPLITS[task] if s in split_paths]
+    data_hash = content_hash(data_dir)
+    hparams = dict(prof.model_hparams(model_name, task))
+    hparams["regress_forces"] = tcfg.regress_forces if needs_forces else ""
+    if task == "qm9":
+        names = dataset_targets(task)
+        unknown = [t for t in tcfg.targets if t not in names]
+        if unknown:
+            raise ConfigError(f"profiles.{params.profile}.train.qm9.targets: {unknown} are not in the dataset; "
+                              f"available: {names}")
+        targets = [(t, names.index(t)) for t in tcfg.targets]
+    else:
+        targets = [("energy", None)]
     models_dir.mkdir(parents=True, exist_ok=True)
-    per_seed: dict[str, dict[str, list[float]]] = {}
-    run_ids, n_params, train_secs, epoch_secs = [], 0, [], []
-    curve_rows: list[dict[str, float]] = []
-    for seed in prof.train.seeds:
-        torch.manual_seed(seed)
-        net = build_model(model_name, **hparams)
-        n_params = sum(p.numel() for p in net.parameters())
-        wrapped = SymmetryWrapper(net, symmetry, frame_dim=2)
-        settings = TrainSettings(seed=seed, eval_batch_size=prof.train.eval_batch_size,
-                                 **tcfg.model_dump(exclude={"regress_forces", "rewiring"}))
-        run_params = {**flatten(tcfg.model_dump(), "train."), **flatten(hparams, "model."),
-                      "model": model_name, "dataset": task, "symmetry": symmetry, "seed": seed,
-                      "profile": params.profile, "rewiring": tcfg.rewiring, "n_params": n_params,
-                      **flatten(prof.data.model_dump(mode="json"), "data.")}
-        tags = {**{k: v for k, v in provenance().items() if isinstance(v, str)}, "dvc_stage": f"train@{cell}",
-                "dataset_hash": data_hash, "profile": params.profile, "params_hash": params_hash(params),
-                "cell": cell}
-        with mlflow_run(f"{cell}-s{seed}", run_params, tags) as run:
-            import mlflow
+    base_tags = {**{k: v for k, v in provenance().items() if isinstance(v, str)}, "dvc_stage": f"train@{cell}",
+                 "dataset_hash": data_hash, "profile": params.profile, "params_hash": params_hash(params),
+                 "cell": cell}
+    settings_fields = set(TrainSettings.__dataclass_fields__)
+    runs: list[dict[str, Any]] = []
+    curve_rows: list[dict[str, Any]] = []
+    n_params = 0
+    for target, t_index in targets:
+        transform = _compose(rewire, _select_target(t_index, target) if t_index is not None else None)
+        sets = {name: GraphDataset(split_paths[name], task=task, transform=transform)
+                for name in ["train", *eval_names]}
+        metric = "energy" if target == "energy" else target
+        for seed in prof.train.seeds:
+            settings = TrainSettings(seed=seed, eval_batch_size=prof.train.eval_batch_size,
+                                     **{k: v for k, v in tcfg.model_dump().items() if k in settings_fields})
+            key = digest({"model": model_name, "hparams": hparams, "settings": settings.digest(),
+                          "symmetry": symmetry, "target": target, "seed": seed, "data": data_hash,
+                          "rewiring": tcfg.rewiring})
+            tag = f"seed{seed}" if target == "energy" else f"{target}-seed{seed}"
+            work_ckpt = ROOT / "work" / "ckpt" / cell / f"{tag}-{key}.pt"
+            result_path = ROOT / "work" / "results" / cell / f"{tag}-{key}.json"
+            out_ckpt = models_dir / f"{tag}.pt"
+            if result_path.exists() and work_ckpt.with_suffix(".final.pt").exists():
+                run = json.loads(result_path.read_text())
+                shutil.copyfile(work_ckpt.with_suffix(".final.pt"), out_ckpt)
+                print(f"{cell} {tag}: finished earlier (MLflow run {run['run_id']}), reused")
+            else:
+                torch.manual_seed(seed)
+                net = build_model(model_name, **hparams)
+                wrapped = SymmetryWrapper(net, symmetry, frame_dim=FRAME_DIM[task])
+                run_params = {**flatten(tcfg.model_dump(), "train."), **flatten(hparams, "model."),
+                              "model": model_name, "dataset": task, "symmetry": symmetry, "seed": seed,
+                              "target": target, "profile": params.profile, "rewiring": tcfg.rewiring,
+                              "n_params": sum(p.numel() for p in net.parameters()),
+                              **flatten(getattr(prof.data, "catalysis" if task in ("is2re", "s2ef") else task
+                                                ).model_dump(mode="json"), "data.")}
+                with mlflow_run(f"{cell}-{tag}", run_params, {**base_tags, "target": target}) as mlf:
+                    import mlflow
 
-            def on_epoch(epoch: int, row: dict[str, float], seed: int = seed) -> None:
-                mlflow.log_metrics(row, step=epoch + 1)
-                curve_rows.append({"epoch": epoch + 1, "seed": seed, **row})
+                    history: list[dict[str, Any]] = []
 
-            ckpt = ROOT / "work" / "ckpt" / cell / f"seed{seed}" / "last.pt"
-            result = train(wrapped, sets["train"], {n: sets[n] for n in eval_names[:1]}, settings,
-                           needs_forces, checkpoint_path=ckpt, on_epoch=on_epoch)
-            if result.resumed_from_epoch:
-                print(f"{cell} seed {seed}: resumed from epoch {result.resumed_from_epoch}")
-            final = {n: evaluate(wrapped, sets[n], prof.train.eval_batch_size, result.normalizer, needs_forces)
-                     for n in eval_names}
-            flat_final = {f"final_{n}_{k}": v for n, m in final.items() for k, v in m.items()}
-            mlflow.log_metrics(flat_final)
-            out_ckpt = models_dir / f"seed{seed}.pt"
-            torch.save({"model": net.state_dict(), "model_name": model_name, "hparams": hparams,
-                        "symmetry": symmetry, "normalizer": vars(result.normalizer), "seed": seed,
-                        "task": task}, out_ckpt)
-            seed_metrics = {"cell": cell, "seed": seed, "final": final, "run_id": run.info.run_id}
-            seed_json = ROOT / "work" / "metrics" / f"{cell}-s{seed}.json"
-            write_json(seed_json, seed_metrics)
-            mlflow.log_artifact(str(out_ckpt), "checkpoint")
-            mlflow.log_artifact(str(seed_json), "metrics")
-            mlflow.log_dict({"train": tcfg.model_dump(), "model": hparams, "profile": params.profile,
-                             "symmetry": symmetry}, "resolved_config.json")
-            run_ids.append(run.info.run_id)
-        for n, m in final.items():
-            for k, v in m.items():
-                per_seed.setdefault(n, {}).setdefault(k, []).append(v)
-        train_secs.append(result.train_seconds)
-        epoch_secs.extend(result.epoch_seconds)
-    with curves_path.open("w", newline="") as fh:
-        keys = sorted({k for r in curve_rows for k in r}, key=lambda k: (k not in ("epoch", "seed"), k))
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(curve_rows)
-    metrics = {"cell": cell, "trained": True, "model": model_name, "dataset": task, "symmetry": symmetry,
-               "profile": params.profile, "seeds": list(prof.train.seeds), "mlflow_run_ids": run_ids,
-               "n_params": n_params, "rewiring": tcfg.rewiring, "dataset_hash": data_hash,
-               "train_seconds": _mean_std(train_secs),
-               "epoch_seconds_mean": sum(epoch_secs) / max(1, len(epoch_secs)),
-               "splits": {n: {k: _mean_std(v) for k, v in m.items()} for n, m in per_seed.items()}}
-    write_json(metrics_path, metrics)
-    e = metrics["splits"].get("val_id", {}).get("energy_mae", {})
-    print(f"{cell}: val_id energy MAE {e.get('mean', float('nan')):.4f} ± {e.get('std', 0):.4f} eV")
+                    def on_epoch(epoch: int, row: dict[str, float], history=history) -> None:
+                        mlflow.log_metrics(row, step=epoch + 1)
+                        history.append(row)
+
+                    result = train(wrapped, sets["train"], {n: sets[n] for n in eval_names[:1]}, settings,
+                                   needs_forces, checkpoint_path=work_ckpt, on_epoch=on_epoch)
+                    if result.resumed_from_epoch:
+                        print(f"{cell} {tag}: resumed from epoch {result.resumed_from_epoch}")
+                    final = {n: evaluate(wrapped, sets[n], prof.train.eval_batch_size, result.normalizer,
+                                         needs_forces) for n in eval_names}
+                    if metric != "energy":
+                        final = {n: {f"{metric}_mae": m["energy_mae"]} for n, m in final.items()}
+                    mlflow.log_metrics({f"final_{n}_{k}": v for n, m in final.items() for k, v in m.items()})
+                    state = {"model": net.state_dict(), "model_name": model_name, "hparams": hparams,
+                             "symmetry": symmetry, "normalizer": vars(result.normalizer), "seed": seed,
+                             "task": task, "target": target, "rewiring": tcfg.rewiring, "data_hash": data_hash}
+                    torch.save(state, work_ckpt.with_suffix(".final.pt"))
+                    shutil.copyfile(work_ckpt.with_suffix(".final.pt"), out_ckpt)
+                    run = {"seed": seed, "target": target, "run_id": mlf.info.run_id, "final": final,
+                           "n_params": run_params["n_params"], "train_seconds": result.train_seconds,
+                           "epoch_seconds": result.epoch_seconds,
+                           "history": [{"epoch": i + 1, **h} for i, h in enumerate(result.history)]}
+                    write_json(result_path, run)
+                    mlflow.log_artifact(str(out_ckpt), "checkpoint")
+                    mlflow.log_artifact(str(result_path), "metrics")
+                    mlflow.log_dict({"train": tcfg.model_dump(), "model": hparams, "profile": params.profile,
+                                     "symmetry": symmetry, "target": target}, "resolved_config.json")
+                if work_ckpt.exists():
+                    work_ckpt.unlink()  # the .final.pt holds what a rerun needs
+            runs.append(run)
+            n_params = run["n_params"]
+            curve_rows += [{"seed": seed, "target": target, **h} for h in run["history"]]
+    write_json(metrics_path, summarize_cell(params, cell, model_name, task, symmetry, runs, n_params, data_hash,
+                                            tcfg.rewiring))
+    _write_curves(curves_path, curve_rows)
+    m = json_first_metric(runs, eval_names[0])
+    print(f"{cell}: {eval_names[0]} {m}")
     return 0
+
+
+def summarize_cell(params: Params, cell: str, model: str, task: str, symmetry: str, runs: list[dict[str, Any]],
+                   n_params: int, data_hash: str, rewiring: str) -> dict[str, Any]:
+    """The cell's DVC metric: per split and metric, mean ± std over seeds (and per QM9 target)."""
+    per: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        for split, metrics in r["final"].items():
+            for k, v in metrics.items():
+                per.setdefault(split, {}).setdefault(k, []).append(v)
+    epoch_s = [s for r in runs for s in r["epoch_seconds"]]
+    return {"cell": cell, "trained": True, "model": model, "dataset": task, "symmetry": symmetry,
+            "profile": params.profile, "seeds": list(params.active.train.seeds),
+            "targets": sorted({r["target"] for r in runs}), "mlflow_run_ids": [r["run_id"] for r in runs],
+            "runs": [{"seed": r["seed"], "target": r["target"], "run_id": r["run_id"]} for r in runs],
+            "n_params": n_params, "rewiring": rewiring, "dataset_hash": data_hash,
+            "train_seconds": mean_std([r["train_seconds"] for r in runs]),
+            "epoch_seconds_mean": sum(epoch_s) / max(1, len(epoch_s)),
+            "splits": {s: {k: mean_std(v) for k, v in m.items()} for s, m in per.items()}}
+
+
+def json_first_metric(runs: list[dict[str, Any]], split: str) -> str:
+    vals: dict[str, list[float]] = {}
+    for r in runs:
+        for k, v in r["final"].get(split, {}).items():
+            vals.setdefault(k, []).append(v)
+    return ", ".join(f"{k} {mean_std(v)['mean']:.4f} ± {mean_std(v)['std']:.4f}" for k, v in vals.items())
+
+
+def _write_curves(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("epoch", "seed", "target"), k))
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys or ["epoch", "seed"])
+        w.writeheader()
+        w.writerows(rows)
 
 
 if __name__ == "__main__":

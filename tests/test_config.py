@@ -26,14 +26,22 @@ def test_repository_params_are_valid():
 
 
 @pytest.mark.parametrize("mutate,match", [
-    (lambda r: r["profiles"]["smoke"]["data"].update(cutof=5.0), r"profiles\.smoke\.data\.cutof: unknown key"),
-    (lambda r: r["profiles"]["smoke"]["data"].update(cutoff=-1.0), r"profiles\.smoke\.data\.cutoff: .*greater than 0"),
+    (lambda r: r["profiles"]["smoke"]["data"]["catalysis"].update(cutof=5.0),
+     r"profiles\.smoke\.data\.catalysis\.cutof: unknown key"),
+    (lambda r: r["profiles"]["smoke"]["data"]["catalysis"].update(cutoff=-1.0),
+     r"profiles\.smoke\.data\.catalysis\.cutoff: .*greater than 0"),
+    (lambda r: r["profiles"]["smoke"]["data"]["qm7x"].update(n_molecules=0), r"qm7x\.n_molecules: .*greater than 0"),
     (lambda r: r["profiles"]["smoke"]["train"]["is2re"].update(epochs="ten"), r"epochs: .*integer"),
-    (lambda r: r["train_matrix"].update(model=[]), r"train_matrix\.model: .*at least 1"),
+    (lambda r: r["train_matrix"].update(model={}), r"train_matrix\.model: .*at least 1"),
     (lambda r: r["train_matrix"].update(symmetry=["sfa", "magic"]), r"train_matrix\.symmetry\.1: .*'magic'"),
+    (lambda r: r["train_matrix"]["model"].update(faenet={"is2re": ["sfa"], "oc22": ["sfa"]}),
+     r"train_matrix\.model\.faenet\.oc22"),
     (lambda r: r.update(profile="huge"), r"profile 'huge' is not defined; choose one of"),
-    (lambda r: r["profiles"]["smoke"]["data"].update(metals=["Cu", "Fe"]), r"data\.metals\.1: .*'Fe'"),
-    (lambda r: r["profiles"]["smoke"]["data"].update(ood_metals=["Zn"]), r"ood_metals"),
+    (lambda r: r["profiles"]["smoke"]["data"]["catalysis"].update(metals=["Cu", "Fe"]),
+     r"data\.catalysis\.metals\.1: .*'Fe'"),
+    (lambda r: r["profiles"]["smoke"]["data"]["catalysis"].update(ood_metals=["Zn"]), r"ood_metals"),
+    (lambda r: r["profiles"]["smoke"]["train"]["is2re"].update(targets=["gap"]), r"only qm9 trains"),
+    (lambda r: r["profiles"]["smoke"]["train"]["qm9"].update(targets=[]), r"qm9\.targets: name at least one"),
     (lambda r: r.update(extra_section={}), r"extra_section: unknown key"),
 ])
 def test_invalid_params_fail_naming_the_key(raw, mutate, match):
@@ -43,18 +51,31 @@ def test_invalid_params_fail_naming_the_key(raw, mutate, match):
 
 def test_unknown_model_and_hyperparameter_are_rejected(raw):
     with pytest.raises(ConfigError, match=r"train_matrix\.model: unknown model\(s\) \['nosuchnet'\]"):
-        parse_params(_bad(raw, lambda r: r["train_matrix"]["model"].append("nosuchnet")))
-    bad_hp = _bad(raw, lambda r: r["profiles"]["smoke"]["models"]["faenet"]["common"].update(hiden_channels=8))
-    with pytest.raises(ConfigError, match=r"profiles\.smoke\.models\.faenet.*hiden_channels"):
+        parse_params(_bad(raw, lambda r: r["train_matrix"]["model"].update(nosuchnet={"is2re": ["none"]})))
+    bad_hp = _bad(raw, lambda r: r["profiles"]["smoke"]["hparams"]["faenet"]["common"].update(hiden_channels=8))
+    with pytest.raises(ConfigError, match=r"profiles\.smoke\.hparams\.faenet.*hiden_channels"):
         parse_params(bad_hp)
+    bad_expr = _bad(raw, lambda r: r["profiles"]["smoke"]["expressivity"].update(models=["faenet-magic"]))
+    with pytest.raises(ConfigError, match=r"expressivity\.models: 'faenet-magic'"):
+        parse_params(bad_expr)
 
 
-def test_runs_must_be_cells_of_the_matrix(raw):
+def test_cells_must_lie_on_the_matrix_axes(raw):
     def mutate(r):
         r["train_matrix"]["symmetry"] = ["none", "sfa"]
-        r["profiles"]["smoke"]["train"]["runs"] = {"faenet": {"is2re": ["full"]}}
-    with pytest.raises(ConfigError, match=r"runs\.faenet\.is2re: \['full'\] not in train_matrix\.symmetry"):
-        parse_params(_bad(raw, mutate))
+        r["train_matrix"]["model"]["faenet"] = {"is2re": ["full"]}
+    with pytest.raises(ConfigError, match=r"model\.faenet\.is2re: \['full'\] not in train_matrix\.symmetry"):
+        parse_params(_bad(raw, mutate), check_models=False)
+
+
+def test_design_and_profile_filter_decide_which_cells_train(raw):
+    p = parse_params(_bad(raw, lambda r: r.update(profile="smoke")), check_models=False)
+    assert p.trains("faenet", "is2re", "sfa") and p.trains("schnet", "is2re", "none")
+    assert not p.trains("faenet", "is2re", "da")          # designed, but smoke's `only` filters it out
+    assert not p.trains("schnet", "is2re", "sfa")         # not designed
+    assert set(p.trained_cells()) <= set(p.designed_cells())
+    full = parse_params(_bad(raw, lambda r: r.update(profile="default")), check_models=False)
+    assert full.trained_cells() == full.designed_cells()  # no filter: every designed cell
 
 
 def test_missing_params_file_is_a_clear_error(tmp_path):

@@ -181,7 +181,9 @@ def test_graph_dataset_folder_and_validation(tmp_path):
     assert len(ds) == 5 and [int(ds[i].sid) for i in range(5)] == [0, 1, 2, 3, 4]
     lazy = GraphDataset(tmp_path / "d", task="is2re", in_memory=False, transform=lambda d: d.clone())
     assert torch.equal(lazy[4].pos, ds[4].pos)
-    with pytest.raises(ValueError, match="task 'qm9'"):
+    with pytest.raises(ValueError, match="task 'oc22'"):
+        GraphDataset(tmp_path / "d", task="oc22")
+    with pytest.raises(ValueError, match="targets"):  # QM9 records carry one column per property
         GraphDataset(tmp_path / "d", task="qm9")
     with pytest.raises(ValueError, match="force"):  # IS2RE records have no forces
         GraphDataset(tmp_path / "d", task="s2ef")

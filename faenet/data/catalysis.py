@@ -432,13 +432,15 @@ def generate_catalysis(
     max_steps: int = 200,
     work_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    summary_path: str | os.PathLike | None = "summary.json",
 ) -> dict[str, Any]:
     """Generate the embedded set: ``out_dir/is2re/<split>.lmdb``, ``out_dir/s2ef/<split>.lmdb``,
     ``out_dir/summary.json``; returns the summary.
 
     ``n_systems``: a total (split with :func:`split_counts`) or ``{split: count}``. Per-system results
     are cached in ``work_dir`` (default ``out_dir/.work``) and reused, so an interrupted run resumes; the
-    LMDBs are byte-identical whatever the interruptions and the number of ``workers``.
+    LMDBs are byte-identical whatever the interruptions and the number of ``workers``. ``summary_path`` is
+    relative to ``out_dir``; None writes no summary file.
     """
     t0 = time.perf_counter()
     metals, facets, adsorbates = list(metals), [str(f) for f in facets], list(adsorbates)
@@ -498,7 +500,8 @@ def generate_catalysis(
                          "ood_metals": ood_metals, "ood_adsorbates": ood_adsorbates,
                          "val_id_fraction": val_id_fraction, "test_fraction": test_fraction, **asdict(p)}
     # summary.json holds only what the data determine (same inputs -> same bytes); timings are returned.
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if summary_path is not None:
+        (out / summary_path).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     seconds = [results[s.index]["meta"]["seconds"] for s, _ in todo]
     summary.update(
         generation_seconds=round(time.perf_counter() - t0, 3), compute_seconds=round(compute_seconds, 3),
@@ -564,7 +567,24 @@ def _write_outputs(out: Path, specs: list[SystemSpec], results: dict[int, dict[s
         "references_eV": {"gas": gas_references(), "lattice_constants_A": {
             m: emt_lattice_constant(m) for m in sorted({s.metal for s in specs})}},
         "content_hashes": {task: content_hash(out / task) for task in ("is2re", "s2ef")},
+        "degenerate_frames": _degenerate_frames(per_split),
     }
+
+
+def _degenerate_frames(per_split: dict[str, dict[str, list]]) -> dict[str, Any]:
+    """Near-degenerate 2D (xy) PCA frames per task and split, on full graphs and after tag-0 removal (the
+    atoms FAENet's frames see under ``remove-tag-0``)."""
+    from faenet.data.dataset import remove_tag0
+    from faenet.frames import DEFAULT_DEGENERACY_TOL, count_degenerate
+
+    out: dict[str, Any] = {"tol": DEFAULT_DEGENERACY_TOL, "dim": 2,
+                           "measure": "relative PCA eigengap in the xy plane (faenet.frames.eigengap) below tol"}
+    for task in ("is2re", "s2ef"):
+        recs = [r for split in SPLITS for r in per_split[split][task]]
+        out[task] = {"full": count_degenerate(recs, dim=2)[0],
+                     "remove_tag0": count_degenerate((remove_tag0(r) for r in recs), dim=2)[0],
+                     "n": len(recs)}
+    return out
 
 
 def data_card_markdown(summary: dict[str, Any]) -> str:
@@ -612,6 +632,13 @@ def data_card_markdown(summary: dict[str, Any]) -> str:
                   f"- Frames per system: mean {summary['frames_per_system'].get('mean', 0):.1f}"]
     lines += ["", "## Elements (atoms over IS2RE records)", "", "| element | atoms |", "|---|---|"]
     lines += [f"| {el} | {n} |" for el, n in summary["element_histogram"].items()]
+    deg = summary.get("degenerate_frames")
+    if deg:
+        lines += ["", "## Near-degenerate frames", "",
+                  f"Graphs whose {deg['measure']} < {deg['tol']:g}: frame averaging is not exactly invariant "
+                  "on them (the symmetry stage reports them separately).", "",
+                  "| task | graphs | degenerate (all atoms) | degenerate (tag-0 removed) |", "|---|---|---|---|"]
+        lines += [f"| {t} | {deg[t]['n']} | {deg[t]['full']} | {deg[t]['remove_tag0']} |" for t in ("is2re", "s2ef")]
     lines += ["", "## Content hashes (sha256 over record values)", "", "| data | hash |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in summary["content_hashes"].items()]
     return "\n".join(lines) + "\n"

@@ -1,7 +1,8 @@
 """A torch ``Dataset`` of records from OC20-layout LMDB files, a content hash, and the tag-0 rewiring.
 
-``GraphDataset`` serves the embedded EMT set and the real OC20 LMDBs alike: every record goes through
-``faenet.data.oc20.convert_oc20_record`` (a no-op on project records) and ``validate_record``.
+``GraphDataset`` serves every task's LMDBs (embedded or real) alike: catalysis records go through
+``faenet.data.oc20.convert_oc20_record`` (a no-op on project records), molecule records are project
+records already; every record is checked by ``validate_record`` and the task's own fields.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from faenet.data.oc20 import TASKS, convert_oc20_record
+from faenet.data.oc20 import TASKS as OC20_TASKS
+from faenet.data.oc20 import convert_oc20_record
 from faenet.data.records import TAG_SUBSURFACE, validate_record
 from faenet.data.store import LmdbReader
 
@@ -43,8 +45,13 @@ def lmdb_files(path_or_paths: str | os.PathLike | list[str | os.PathLike]) -> li
     return files
 
 
+TASKS = (*OC20_TASKS, "qm7x", "qm9")
+#: Tasks whose records must carry per-atom forces.
+FORCE_TASKS = ("s2ef", "qm7x")
+
+
 class GraphDataset(Dataset):
-    """Records of one task (``"is2re"`` or ``"s2ef"``) from LMDB file(s), validated against the schema.
+    """Records of one task (``TASKS``) from LMDB file(s), validated against the schema.
 
     ``in_memory=True`` decodes and validates every record once at construction; ``False`` reads lazily
     (validating each record when it is read). ``transform`` (e.g. :func:`remove_tag0`) is applied on access.
@@ -72,12 +79,19 @@ class GraphDataset(Dataset):
         db = bisect.bisect_right(self.cum, idx)
         local = idx - (self.cum[db - 1] if db else 0)
         where = f"{self.files[db]}[{local}]"
-        rec = convert_oc20_record(self.readers[db][local], self.task)
+        rec = self.readers[db][local]
+        if self.task in OC20_TASKS:
+            rec = convert_oc20_record(rec, self.task)
         validate_record(rec, where)
-        if self.task == "s2ef":
+        if self.task in FORCE_TASKS:
             f = getattr(rec, "force", None)
             if f is None or tuple(f.shape) != (int(rec.natoms), 3) or not torch.isfinite(f).all():
-                raise ValueError(f"{where}: S2EF record needs finite force of shape ({int(rec.natoms)}, 3)")
+                raise ValueError(f"{where}: {self.task} record needs finite force of shape ({int(rec.natoms)}, 3)")
+        if self.task == "qm9":
+            t = getattr(rec, "targets", None)
+            if t is None or torch.as_tensor(t).dim() != 2 or torch.as_tensor(t).shape[0] != 1:
+                raise ValueError(f"{where}: qm9 record needs `targets` of shape (1, K), one column per property "
+                                 "(NaN where a property is unavailable)")
         return rec
 
     def __getitem__(self, idx: int) -> Data:

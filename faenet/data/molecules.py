@@ -634,3 +634,59 @@ def generate_qm9_like(out_dir: str | os.PathLike, *, n_molecules: int, seed: int
     }
     _write_summary(out_dir, summary)
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data card
+# ----------------------------------------------------------------------------------------------------------
+
+def data_card_markdown(summary: dict[str, Any]) -> str:
+    """Markdown data card of a molecular set's summary (embedded QM7-X-like / QM9-like, or the real sets)."""
+    name = summary.get("dataset", "molecules")
+    lines = [f"# Data card: {name}", ""]
+    if "labels" in summary:
+        lines += [f"Labels: {summary['labels']}. Molecules: RDKit ETKDGv3 + MMFF94 from a fixed pool of "
+                  f"{summary.get('pool_size')} SMILES (faenet.data.molecules.molecule_pool), elements "
+                  f"{summary.get('elements')}, at most {summary.get('max_heavy_atoms')} heavy atoms; seed "
+                  f"{summary.get('seed')}. Graph: radius {summary.get('cutoff_A')} Å, at most "
+                  f"{summary.get('max_neighbors')} neighbours.", ""]
+    else:
+        lines += [f"Source: {summary.get('source')}.", ""]
+    sizes = summary.get("sizes", {})
+    mols = summary.get("molecules_per_split") or {k: len(v) for k, v in summary.get("molecules", {}).items()}
+    lines += ["| split | structures | molecules |", "|---|---|---|"]
+    lines += [f"| {k} | {v} | {mols.get(k, '–')} |" for k, v in sizes.items()]
+    if "split_roles" in summary:
+        lines += ["", f"Paper roles: known molecules = `{summary['split_roles']['known']}`, unknown molecules = "
+                      f"`{summary['split_roles']['unknown']}` (disjoint by molecule)."]
+    if "energy_eV" in summary:
+        e, f = summary["energy_eV"], summary.get("force_eV_per_A", {})
+        lines += ["", f"- Total energy (eV): mean {e['mean']:.2f}, std {e['std']:.2f}; forces (eV/Å): component "
+                      f"std {f.get('std', float('nan')):.3f}, max |F| {f.get('max_abs', float('nan')):.2f}",
+                  f"- Displacement std of non-equilibrium structures: {summary.get('displacement_A')} Å; "
+                  f"{summary.get('conformers_per_molecule')} structures per molecule "
+                  f"({summary.get('n_equilibrium')} equilibrium)"]
+    if summary.get("targets"):
+        lines += ["", "| target | unit | QM9 index | mean | std |", "|---|---|---|---|---|"]
+        lines += [f"| {t['name']} | {t['unit']} | {t['qm9_index']} | {t['mean']:.4g} | {t['std']:.4g} |"
+                  for t in summary["targets"]]
+        if summary.get("unavailable"):
+            lines += ["", "Not available from GFN2-xTB (left out, not invented): "
+                      + "; ".join(f"{k}: {v}" for k, v in summary["unavailable"].items())]
+    shifts = summary.get("element_energy_shifts_train")
+    if shifts:
+        lines += ["", f"- Per-element least-squares energy shifts (train): residual std "
+                      f"{shifts['residual_std']:.3f} eV vs raw std {shifts['raw_std']:.3f} eV"]
+    deg = summary.get("degenerate_frames")
+    if deg:
+        per = ", ".join(f"{k} {v}" for k, v in deg.items() if k not in ("tol", "measure", "total"))
+        lines += [f"- Near-degenerate 3D frames ({deg['measure']} < {deg['tol']:g}): {deg['total']} ({per})"]
+    if summary.get("element_histogram"):
+        lines += ["- Atoms per element: " + ", ".join(f"{k} {v}" for k, v in summary["element_histogram"].items())]
+    if summary.get("failed"):
+        lines += [f"- Molecules skipped (embedding or SCF failure): {len(summary['failed'])}"]
+    t = summary.get("timing")
+    if t:
+        lines += [f"- Label generation: {t['wall_s']:.1f} s wall with {t['workers']} workers; "
+                  f"{t['cpu_s_per_molecule_mean'] * 1000:.0f} ms CPU per molecule (mean)"]
+    return "\n".join(lines) + "\n"
