@@ -198,9 +198,15 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalize
     return res
 
 
+#: Energy within threshold (OC20's EwT): |E_pred - E_true| below 0.02 eV.
+EWT_THRESHOLD_EV = 0.02
+
+
 def mae_metrics(pred: Mapping[str, Tensor]) -> dict[str, float]:
-    """Energy MAE (eV) and, when present, force MAE over free atoms (eV/Å, mean over components)."""
-    out = {"energy_mae": float((pred["energy"] - pred["y"]).abs().mean())}
+    """Energy MAE (target units, eV for energies), EwT (fraction of graphs with |error| < 0.02 eV, OC20's
+    energy-within-threshold) and, when present, force MAE over free atoms (eV/Å, mean over components)."""
+    err = (pred["energy"] - pred["y"]).abs()
+    out = {"energy_mae": float(err.mean()), "energy_ewt": float((err < EWT_THRESHOLD_EV).float().mean())}
     if "forces" in pred:
         m = pred["free"]
         out["force_mae"] = float((pred["forces"][m] - pred["force"][m]).abs().mean())

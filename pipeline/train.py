@@ -207,7 +207,7 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
                         print(f"{cell} {tag}: resumed from epoch {result.resumed_from_epoch}")
                     final = {n: evaluate(wrapped, sets[n], prof.train.eval_batch_size, result.normalizer,
                                          needs_forces) for n in eval_names}
-                    if metric != "energy":
+                    if metric != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply
                         final = {n: {f"{metric}_mae": m["energy_mae"]} for n, m in final.items()}
                     mlflow.log_metrics({f"final_{n}_{k}": v for n, m in final.items() for k, v in m.items()})
                     state = {"model": net.state_dict(), "model_name": model_name, "hparams": hparams,
