@@ -8,7 +8,7 @@ from torch import nn
 from torch_geometric.data import Data
 
 from faenet.graph import edge_vectors, radius_graph
-from faenet.training import Normalizer, TrainSettings, compute_loss, evaluate, lr_factor, train
+from faenet.training import Normalizer, TrainSettings, compute_loss, evaluate, lr_factor, mae_metrics, train
 
 
 class PairModel(nn.Module):
@@ -127,7 +127,31 @@ def test_conservative_forces_evaluated_in_eval_mode():
     data = _records(4, 5, forces=True)
     m = PairModel("from_energy")
     res = evaluate(m, data, 2, Normalizer(), needs_forces=True)
-    assert set(res) == {"energy_mae", "force_mae"} and all(math.isfinite(v) for v in res.values())
+    assert set(res) == {"energy_mae", "energy_ewt", "force_mae"} and all(math.isfinite(v) for v in res.values())
+
+
+def test_mae_and_ewt_on_hand_computed_errors():
+    # errors 0.01, 0.03, 0.005, 0.5 eV: MAE 0.13625, EwT (|error| < 0.02 eV) 2 of 4
+    pred = {"energy": torch.tensor([1.01, 2.03, -0.005, 0.5]), "y": torch.tensor([1.0, 2.0, 0.0, 0.0])}
+    m = mae_metrics(pred)
+    assert m["energy_mae"] == pytest.approx(0.13625, abs=1e-6) and m["energy_ewt"] == 0.5
+
+
+def test_element_shift_normaliser_removes_composition_energy():
+    # E = 3 eV per H + 10 eV per C exactly: the least-squares shifts recover them, residuals are 0.
+    from torch_geometric.data import Batch, Data
+
+    recs = []
+    for n_h, n_c in ((1, 1), (2, 1), (4, 2), (0, 3)):
+        z = torch.tensor([1] * n_h + [6] * n_c)
+        recs.append(Data(atomic_numbers=z, y=3.0 * n_h + 10.0 * n_c, pos=torch.zeros(len(z), 3)))
+    norm = Normalizer.fit(recs, enabled=True, element_shift=True)
+    assert norm.element_shift[1] == pytest.approx(3.0, abs=1e-9) and norm.element_shift[6] == pytest.approx(10.0)
+    assert norm.std == 1.0  # residuals vanish: no rescaling
+    batch = Batch.from_data_list(recs)
+    y = torch.tensor([r.y for r in recs], dtype=torch.float64)
+    assert torch.allclose(norm.normalize(y, batch), torch.zeros(4, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(norm.denormalize(torch.zeros(4, dtype=torch.float64), batch), y)
 
 
 def test_empty_training_set_is_a_clear_error():
