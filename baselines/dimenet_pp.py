@@ -17,8 +17,10 @@ positions in the angle term, so its ``-dE/dx`` ignores angular forces; that is `
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.inits import glorot_orthogonal
@@ -28,7 +30,6 @@ from torch_geometric.nn.models.dimenet import (
     Envelope,
     InteractionPPBlock,
     OutputPPBlock,
-    SphericalBasisLayer,
 )
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.utils import scatter
@@ -49,23 +50,79 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def spherical_jn(order: int, x: Tensor) -> Tensor:
+    """Spherical Bessel function of the first kind ``j_order(x)`` (x > 0), by the upward recurrence
+    ``j_{l+1} = (2l+1)/x j_l - j_{l-1}`` from ``j_0 = sin x / x``, ``j_1 = sin x / x^2 - cos x / x``: the same
+    closed forms PyG's sympy ``spherical_bessel_formulas`` expands (Rayleigh's formula)."""
+    s, c = torch.sin(x), torch.cos(x)
+    prev, cur = s / x, s / x**2 - c / x
+    if order == 0:
+        return prev
+    for n in range(1, order):
+        prev, cur = cur, (2 * n + 1) / x * cur - prev
+    return cur
+
+
 @functools.cache
-def _sbf_functions(num_spherical: int, num_radial: int) -> tuple[tuple, tuple]:
-    """PyG's symbolic spherical-Bessel and Y_l^0 functions; building them (sympy + scipy) takes ~14 s for
-    7 x 6, and they depend only on the sizes, so build them once per process."""
-    layer = SphericalBasisLayer(num_spherical, num_radial, cutoff=1.0)
-    return tuple(layer.sph_funcs), tuple(layer.bessel_funcs)
+def bessel_zeros(num_spherical: int, num_radial: int) -> np.ndarray:
+    """First ``num_radial`` positive zeros of ``j_l`` for l < ``num_spherical``, (n, k) float32, found by
+    bisection between consecutive zeros of ``j_{l-1}`` (they interlace), as PyG's ``Jn_zeros``."""
+    from scipy.optimize import brentq
+    from scipy.special import spherical_jn as jn
+
+    k, n = num_radial, num_spherical
+    zeros = np.zeros((n, k), dtype=np.float32)
+    zeros[0] = np.arange(1, k + 1) * np.pi
+    points = np.arange(1, k + n) * np.pi
+    roots = np.zeros(k + n - 1, dtype=np.float32)
+    for order in range(1, n):
+        for m in range(k + n - 1 - order):
+            roots[m] = brentq(lambda r, o=order: jn(o, r), points[m], points[m + 1])
+        points = roots.copy()
+        zeros[order] = roots[:k]
+    return zeros
 
 
-class CachedSphericalBasisLayer(SphericalBasisLayer):
-    """``SphericalBasisLayer`` (same forward) whose lambdified functions come from ``_sbf_functions``."""
+class SphericalBasis(nn.Module):
+    """DimeNet's spherical basis ``a_{l,n}(d, θ) = u(d/c) N_{l,n} j_l(z_{l,n} d / c) Y_l^0(θ)``, (T, n k).
+
+    The same functions as PyG's ``SphericalBasisLayer`` (its bessel normalisers ``N = 1/sqrt(j_{l+1}(z)^2/2)``,
+    float32 zeros ``z``, ``Y_l^0 = sqrt((2l+1)/4π) P_l(cos θ)``, envelope ``u``), evaluated numerically instead of
+    through sympy: PyG builds them symbolically on every construction (~15 s for 7 x 6), which dominated
+    short runs. Agreement with PyG's layer is tested (1e-6 relative: PyG's symbolic coefficients carry float32
+    zeros and normalisers, so the two agree to float32 rounding, the precision DimeNet++ trains in).
+    """
 
     def __init__(self, num_spherical: int, num_radial: int, cutoff: float, envelope_exponent: int = 5):
-        nn.Module.__init__(self)
-        sph, bessel = _sbf_functions(num_spherical, num_radial)
+        super().__init__()
+        from scipy.special import spherical_jn as jn
+
         self.num_spherical, self.num_radial, self.cutoff = num_spherical, num_radial, cutoff
         self.envelope = Envelope(envelope_exponent)
-        self.sph_funcs, self.bessel_funcs = list(sph), list(bessel)
+        zeros = bessel_zeros(num_spherical, num_radial)
+        # PyG computes the normalisers in float32 (scipy on float32 zeros); so do we, to agree to rounding.
+        norm = np.stack([1.0 / np.sqrt(np.float32(0.5) * jn(order + 1, zeros[order]).astype(np.float32) ** 2)
+                         for order in range(num_spherical)]).astype(np.float64)
+        self.register_buffer("zeros", torch.tensor(zeros.astype(np.float64)), persistent=False)
+        self.register_buffer("norm", torch.tensor(norm), persistent=False)
+        pref = [math.sqrt((2 * order + 1) / (4 * math.pi)) for order in range(num_spherical)]
+        self.register_buffer("prefactor", torch.tensor(pref, dtype=torch.float64), persistent=False)
+
+    def forward(self, dist: Tensor, angle: Tensor, idx_kj: Tensor) -> Tensor:
+        d = dist / self.cutoff
+        dtype = d.dtype
+        zeros, norm = self.zeros.to(dtype), self.norm.to(dtype)
+        rbf = torch.stack([norm[order] * spherical_jn(order, d[:, None] * zeros[order])
+                           for order in range(self.num_spherical)], dim=1)  # (E, n, k)
+        rbf = self.envelope(d)[:, None, None] * rbf
+        # Legendre P_l(cos θ) by Bonnet's recurrence, times the Y_l^0 prefactor: (T, n)
+        x = torch.cos(angle)
+        legendre = [torch.ones_like(x), x]
+        for order in range(1, self.num_spherical - 1):
+            legendre.append(((2 * order + 1) * x * legendre[order] - order * legendre[order - 1]) / (order + 1))
+        cbf = torch.stack(legendre[:self.num_spherical], dim=1) * self.prefactor.to(dtype)
+        n, k = self.num_spherical, self.num_radial
+        return (rbf[idx_kj] * cbf.view(-1, n, 1)).view(-1, n * k)
 
 
 class OutputPPBlockWithBias(OutputPPBlock):
@@ -130,7 +187,7 @@ class DimeNetPP(nn.Module):
         self.detach_angles = detach_angles
         act_fn = activation_resolver(act)
         self.rbf = BesselBasisLayer(num_radial, cutoff, envelope_exponent)
-        self.sbf = CachedSphericalBasisLayer(num_spherical, num_radial, cutoff, envelope_exponent)
+        self.sbf = SphericalBasis(num_spherical, num_radial, cutoff, envelope_exponent)
         self.emb = EmbeddingBlock(num_radial, hidden_channels, act_fn)
         self.output_blocks = nn.ModuleList([
             OutputPPBlockWithBias(num_radial, hidden_channels, out_emb_channels, 1, num_output_layers, act_fn,

@@ -174,6 +174,8 @@ class TaskTrainConfig(Strict):
     rewiring: Literal["none", "remove-tag-0"] = "none"
     # QM9 only: the properties to train, one model each (the paper trains one model per target).
     targets: list[str] = Field(default_factory=list)
+    # Seeds of this task (None: the profile's train.seeds), e.g. one seed for QM9 whose table has no std.
+    seeds: list[NonNegInt] | None = Field(default=None, min_length=1)
 
 
 class TrainConfig(Strict):
@@ -198,6 +200,10 @@ class TrainConfig(Strict):
             raise ValueError(f"qm9.targets: name at least one property, e.g. [gap]; QM9 names: "
                              f"{list(QM9_TARGET_NAMES)}")
         return self
+
+    def seeds_for(self, model: str, task: str) -> list[int]:
+        own = self.for_run(model, task).seeds
+        return list(own) if own is not None else list(self.seeds)
 
     def for_run(self, model: str, task: str) -> TaskTrainConfig:
         base: TaskTrainConfig = getattr(self, task)

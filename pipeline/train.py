@@ -168,7 +168,7 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
         sets = {name: GraphDataset(split_paths[name], task=task, transform=transform)
                 for name in ["train", *eval_names]}
         metric = "energy" if target == "energy" else target
-        for seed in prof.train.seeds:
+        for seed in prof.train.seeds_for(model_name, task):
             settings = TrainSettings(seed=seed, eval_batch_size=prof.train.eval_batch_size,
                                      **{k: v for k, v in tcfg.model_dump().items() if k in settings_fields})
             key = digest({"model": model_name, "hparams": hparams, "settings": settings.digest(),
@@ -247,7 +247,7 @@ def summarize_cell(params: Params, cell: str, model: str, task: str, symmetry: s
                 per.setdefault(split, {}).setdefault(k, []).append(v)
     epoch_s = [s for r in runs for s in r["epoch_seconds"]]
     return {"cell": cell, "trained": True, "model": model, "dataset": task, "symmetry": symmetry,
-            "profile": params.profile, "seeds": list(params.active.train.seeds),
+            "profile": params.profile, "seeds": params.active.train.seeds_for(model, task),
             "targets": sorted({r["target"] for r in runs}), "mlflow_run_ids": [r["run_id"] for r in runs],
             "runs": [{"seed": r["seed"], "target": r["target"], "run_id": r["run_id"]} for r in runs],
             "n_params": n_params, "rewiring": rewiring, "dataset_hash": data_hash,

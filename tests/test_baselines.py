@@ -11,7 +11,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.nn.models.dimenet import SphericalBasisLayer
 
 from baselines import build_model, get_presets
-from baselines.dimenet_pp import CachedSphericalBasisLayer
+from baselines.dimenet_pp import SphericalBasis, bessel_zeros
 from baselines.forcenet import element_tables, real_spherical_harmonics
 from faenet.graph import edge_vectors, radius_graph, triplets
 
@@ -270,13 +270,25 @@ def test_spherical_harmonics_match_scipy():
         np.testing.assert_allclose(real_spherical_harmonics(v, max_n, option).numpy(), ref, atol=1e-12)
 
 
-def test_cached_spherical_basis_matches_pyg():
-    ours, ref = CachedSphericalBasisLayer(3, 3, 5.0, 5), SphericalBasisLayer(3, 3, 5.0, 5)
+def test_numeric_spherical_basis_matches_pygs_symbolic_one():
+    # PyG builds the basis with sympy; ours evaluates the same functions numerically (float64 here).
+    ours, ref = SphericalBasis(4, 4, 5.0, 5), SphericalBasisLayer(4, 4, 5.0, 5)
     g = torch.Generator().manual_seed(0)
-    dist = torch.rand(10, generator=g, dtype=torch.float64) * 4.9 + 0.05
-    angle = torch.rand(25, generator=g, dtype=torch.float64) * math.pi
-    idx = torch.randint(0, 10, (25,), generator=g)
-    assert torch.equal(ours(dist, angle, idx), ref(dist, angle, idx))
+    dist = torch.rand(40, generator=g, dtype=torch.float64) * 4.5 + 0.5  # 0.5-5 Å, as interatomic distances
+    angle = torch.rand(100, generator=g, dtype=torch.float64) * math.pi
+    idx = torch.randint(0, 40, (100,), generator=g)
+    a, b = ours(dist, angle, idx), ref(dist, angle, idx)
+    assert a.shape == b.shape == (100, 16)
+    assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)  # float32 rounding of PyG's symbolic coefficients
+
+
+def test_spherical_bessel_zeros_are_zeros():
+    from scipy.special import spherical_jn
+
+    z = bessel_zeros(5, 6)
+    for order in range(5):
+        assert np.abs(spherical_jn(order, z[order].astype(np.float64))).max() < 1e-5
+        assert np.all(np.diff(z[order]) > 0)
 
 
 def test_forcenet_element_tables():

@@ -62,9 +62,10 @@ def test_speed_claims_read_the_benchmark_rows():
     c = _by_id(evaluate_claims(_ctx(benchmark={"rows": rows})))
     assert c["speed-dimenet-paper-protocol"].ours == pytest.approx(25.0)
     assert c["speed-dimenet-paper-protocol"].verdict == REPRODUCED        # 25 >= 21 / 2
-    assert c["speed-dimenet-same-graph"].ours == pytest.approx(15.0) and c["speed-dimenet-same-graph"].verdict \
-        == REPRODUCED
-    assert c["speed-schnet-is2re"].ours == pytest.approx(100 / 120, abs=1e-3) and c["speed-schnet-is2re"].verdict == REPRODUCED
+    assert c["speed-dimenet-same-graph"].ours == pytest.approx(15.0)
+    assert c["speed-dimenet-same-graph"].verdict == REPRODUCED
+    assert c["speed-schnet-is2re"].ours == pytest.approx(100 / 120, abs=1e-3)
+    assert c["speed-schnet-is2re"].verdict == REPRODUCED
     assert c["speed-schnet-same-graph"].verdict == REPRODUCED             # 0.5 >= 0.4
     assert c["speed-sfa-vs-full-fa"].ours == pytest.approx(3.75) and c["speed-sfa-vs-full-fa"].verdict == REPRODUCED
     assert c["speed-pca-negligible"].verdict == REPRODUCED                # 60 / 62 >= 0.9
