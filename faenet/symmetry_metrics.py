@@ -26,9 +26,13 @@ Definitions (units: energies in meV and forces in meV/Å when the model predicts
   (``0.5 * (mean_k min_l d_kl + mean_l min_k d_kl)``, d_kl = mean atom distance between frame k of x and
   frame l of g x); it is 0 iff the sets coincide. ``pos_frac`` is the fraction of (graph, transform) pairs
   whose representation differs (> ``pos_tol`` Å): the paper's binary Pos (0 for Full FA; 1 otherwise).
-  ``pos`` uses rotations, ``pos_refl`` reflections (SE(3) frames are not reflection-invariant). Pos measures
-  the INPUT representation: a plain model (no FA, DA at evaluation) sees raw coordinates and gets Pos > 0,
-  even an architecturally invariant one such as SchNet, which the paper sets to 0 by convention.
+  ``pos`` uses rotations, ``pos_refl`` reflections (SE(3) frames are not reflection-invariant). With
+  ``pos_modulo_translation=True`` each cloud is compared after removing its own per-graph centroid: the 2D
+  frames of slabs leave z uncentred by design (``faenet.frames``) and every backbone here reads positions only
+  through differences, so the z part of a random translation would otherwise make every 2D representation
+  "differ" (by |t_z|) although no model can see it (``faenet.symmetry_eval`` sets it). Pos measures the
+  INPUT representation: a plain model (no FA, DA at evaluation) sees raw coordinates and gets Pos > 0, even
+  an architecturally invariant one such as SchNet, which the paper sets to 0 by convention.
 
 Differences from the official ``faenet/eval.py`` / ocp ``test_model_symmetries`` (bugs fixed, documented):
 its Pos summed the projected positions over all frames before differencing, so it was trivially 0 for full
@@ -142,8 +146,20 @@ def _per_graph_mean(values: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     return out.index_add_(-1, batch, values) / count
 
 
-def _set_distance(c0: Tensor, c1: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-    """Per graph symmetric Chamfer distance between frame sets c0 (F0, N, 3) and c1 (F1, N, 3), Å."""
+def _centered(c: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """Frame stack (F, N, 3) with each graph's centroid (per frame) removed, float64."""
+    c = c.to(torch.float64)
+    mean = _per_graph_mean(c.transpose(1, 2), batch, num_graphs)  # (F, 3, B)
+    return c - mean.transpose(1, 2)[:, batch]
+
+
+def _set_distance(c0: Tensor, c1: Tensor, batch: Tensor, num_graphs: int, center: bool = False) -> Tensor:
+    """Per graph symmetric Chamfer distance between frame sets c0 (F0, N, 3) and c1 (F1, N, 3), Å.
+
+    ``center``: compare the clouds after removing each graph's centroid (distance modulo translation).
+    """
+    if center:
+        c0, c1 = _centered(c0, batch, num_graphs), _centered(c1, batch, num_graphs)
     d = (c0[:, None] - c1[None, :]).norm(dim=-1)  # (F0, F1, N)
     d = _per_graph_mean(d.to(torch.float64), batch, num_graphs)  # (F0, F1, B)
     return 0.5 * (d.min(dim=1).values.mean(0) + d.min(dim=0).values.mean(0))
@@ -170,7 +186,8 @@ def symmetry_metrics(predict: Callable, batches: Iterable, *, n_transforms: int,
                      generator: torch.Generator | None = None,
                      degenerate_mask_fn: Callable[[object], Tensor] | None = None,
                      translation_scale: float = 5.0, energy_scale: float = 1000.0, force_norm: str = "l2",
-                     target_key: str = "y", capture_positions: bool = True, pos_tol: float = 1e-4) -> dict:
+                     target_key: str = "y", capture_positions: bool = True, pos_tol: float = 1e-4,
+                     pos_modulo_translation: bool = False) -> dict:
     """App. D metrics of ``predict`` over ``batches`` (module docstring for definitions and units).
 
     ``generator`` drives the transforms only (the predictor's own draws, e.g. SFA frames, use its own RNG).
@@ -178,6 +195,7 @@ def symmetry_metrics(predict: Callable, batches: Iterable, *, n_transforms: int,
     ``frame_degeneracy_mask(frame_dim)``); then ``result["by_degeneracy"]`` holds the split summaries.
     ``capture_positions``: compute Pos from the positions the backbone receives (hooking ``predict.model``
     for a wrapper, else ``predict`` itself if it is a module); Pos keys are absent when impossible.
+    ``pos_modulo_translation``: Pos compares centred clouds (module docstring); False compares them as given.
     Gradients are allowed (``from_energy`` forces need them); outputs are detached.
 
     Returns ``{metric: float, ..., "per_graph": {metric: (G,) float64, "natoms": (G,), "degenerate": (G,)},
@@ -220,7 +238,7 @@ def symmetry_metrics(predict: Callable, batches: Iterable, *, n_transforms: int,
                         acc["f_rot_e" if kind == "rot" else "f_refl_e"] += _per_graph_mean(
                             err * energy_scale, batch_cpu, b)
                     if cap is not None:
-                        dist = _set_distance(c0, cap.take(n_atoms).cpu(), batch_cpu, b)
+                        dist = _set_distance(c0, cap.take(n_atoms).cpu(), batch_cpu, b, pos_modulo_translation)
                         acc["pos" if kind == "rot" else "pos_refl"] += dist
                         if kind == "rot":
                             acc["pos_frac"] += (dist > pos_tol).to(torch.float64)

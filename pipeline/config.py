@@ -232,7 +232,16 @@ class ModelSpec(Strict):
 # ----------------------------------------------------------------------------------------------------------
 
 class SymmetryEvalConfig(Strict):
-    """Stage ``symmetry`` (App. D, Tables 11-12): metrics of every trained cell on the ID validation split."""
+    """Stage ``symmetry`` (App. D, Tables 11-12): metrics of every trained cell on the ID validation split.
+
+    ``max_graphs`` graphs of ``val_id`` (a subset drawn with ``seed`` when the split is larger), each with
+    ``n_transforms`` random rotations and reflections (translations: Gaussian, ``translation_scale`` Å);
+    ``degenerate_tol``: relative PCA eigengap below which a graph's frames count as degenerate;
+    ``notrain``: also evaluate the untrained FAENet (the paper's No-Train row); ``workers``: processes that
+    evaluate (cell, seed) jobs in parallel, each with ``threads`` torch threads (results do not depend on
+    either: every job seeds its own draws); ``exclude``: shell-style patterns over cell names of trained
+    cells NOT to evaluate (listed as such in the tables and the JSON), e.g. ``dimenet_pp-*``.
+    """
 
     datasets: list[Literal[DATASETS]] = Field(default_factory=lambda: ["is2re", "s2ef"], min_length=1)
     n_transforms: PositiveInt = 8
@@ -241,6 +250,22 @@ class SymmetryEvalConfig(Strict):
     degenerate_tol: PositiveFloat = 1e-3
     translation_scale: NonNegFloat = 5.0
     seed: NonNegInt = 0
+    notrain: bool = True
+    # One intra-op thread: the evaluated batches are small, and with 2 threads on a shared 2-core machine
+    # OpenMP spin-waits made a Full FA forward ~100x slower (measured: 20 ms vs 2 s under load).
+    threads: PositiveInt = 1
+    workers: PositiveInt = 1
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("datasets")
+    @classmethod
+    def _energy_tasks_only(cls, v: list[str]) -> list[str]:
+        if "qm9" in v:
+            raise ValueError("qm9 trains one model per molecular property (not energies in eV), which the "
+                             "App. D metrics (meV) do not apply to; choose among is2re, s2ef, qm7x")
+        if len(set(v)) != len(v):
+            raise ValueError(f"datasets lists a task twice: {v}")
+        return v
 
 
 class ExpressivityConfig(Strict):

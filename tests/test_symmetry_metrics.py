@@ -262,6 +262,23 @@ def test_sfa_and_no_fa_positions_differ():
     assert none["pos_frac"] == 1.0 and none["rot_i"] > 1.0 and none["f_rot_e"] > 1.0
 
 
+def test_2d_full_fa_pos_is_zero_modulo_translation_only():
+    # 2D frames leave z uncentred (faenet.frames), so the z part of the translation survives projection:
+    # as given, the canonical clouds differ by |t_z|; modulo each cloud's centroid they coincide.
+    gen = torch.Generator().manual_seed(3)
+    batches = [Batch.from_data_list([record(torch.randn(6, 3, generator=gen, dtype=F64)
+                                            * torch.tensor([2.0, 1.0, 0.5], dtype=F64)) for _ in range(2)])]
+
+    def run(modulo: bool) -> dict:
+        model = SymmetryWrapper(TanhModel(), "full", frame_dim=2).eval()
+        return symmetry_metrics(model, batches, n_transforms=3, frame_dim=2, translation_scale=5.0,
+                                generator=torch.Generator().manual_seed(0), pos_modulo_translation=modulo)
+    centred, raw = run(True), run(False)
+    assert centred["pos"] < 1e-8 and centred["pos_frac"] == 0.0
+    assert raw["pos"] > 0.1 and raw["pos_frac"] == 1.0
+    assert centred["rot_i"] == raw["rot_i"]  # only Pos depends on the option
+
+
 def test_plain_callable_without_module_has_no_pos():
     model = XSumModel()
     res = symmetry_metrics(lambda d: model(d), random_batches(), n_transforms=1, frame_dim=3,
