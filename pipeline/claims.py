@@ -119,7 +119,7 @@ def _bench_hparams(ctx: dict[str, Any]) -> str:
 
 
 def sym(ctx: dict[str, Any], task: str, row: str, metric: str, subset: str = "all") -> float:
-    """Mean over seeds of one App. D metric of ``row`` (a cell name or ``faenet-notrain``) in metrics/symmetry.json."""
+    """Mean over seeds of one App. D metric of ``row`` (a cell name or ``faenet-<task>-notrain``) in metrics/symmetry.json."""
     s = ctx.get("symmetry")
     if not s:
         raise Missing("metrics/symmetry.json is missing (stage symmetry)")
@@ -457,7 +457,7 @@ def c_nofa_factor(ctx, c):
        "Rot-I of No-FA below No-Train's", "symmetry stage, S2EF ID val")
 def c_nofa_learns(ctx, c):
     c.paper = {"none": _t("table12", "faenet-none", "rot_i"), "notrain": _t("table12", "faenet-notrain", "rot_i")}
-    n, u = sym(ctx, "s2ef", "faenet-s2ef-none", "rot_i"), sym(ctx, "s2ef", "faenet-notrain", "rot_i")
+    n, u = sym(ctx, "s2ef", "faenet-s2ef-none", "rot_i"), sym(ctx, "s2ef", "faenet-s2ef-notrain", "rot_i")
     c.ours = {"none": n, "notrain": u}
     return n < u
 
