@@ -196,7 +196,7 @@ def _common_notes(table: str, metrics: dict[str, Any]) -> list[str]:
     notes = [
         f"Accuracy (%) over {n} seeds (0..{n - 1}), mean ± population std (the dojo's np.std); one seed is 0, 50 "
         f"or 100% (SFA: averaged over draws). Training: {c['epochs']} epochs of 2 batch-1 steps, {p['optimizer']}, "
-        f"lr {c['lr']:g}, {p['scheduler']}; val = test = the pair; {p['selection']}.",
+        f"lr {c['lr']:g}, {p['scheduler']}; {p['selection']}.",
         "Seeds: a fresh model per seed, initialised in a RNG seeded with the seed (the clean protocol). The dojo "
         "builds one unseeded model before its seed loop and keeps training it across its 10 seeds; "
         "`reuse_model: true` (faenet.expressivity.run_pair_experiment(reuse_model=True)) reproduces that; "
