@@ -271,7 +271,15 @@ class SymmetryEvalConfig(Strict):
 class ExpressivityConfig(Strict):
     """Stage ``expressivity`` (App. B.2, Tables 3-5): the geometric-gnn-dojo pairs, paper and strict protocols.
 
-    ``models`` are ``<model>`` or ``<model>-<symmetry>`` (e.g. ``faenet-sfa``); ``hparams`` per model name.
+    ``models`` are ``<model>`` or ``<model>-<symmetry>`` (e.g. ``faenet-sfa``). ``hparams`` are keyed by the
+    base model (``faenet``) and optionally by a full name (``faenet-sfa``), which is merged over the base's;
+    the stage sets the number of interaction layers itself (``kchain_layers`` for Table 3, ``pair_layers``
+    for Tables 4-5) and the cutoff to the dojo's 10 Å unless given. ``body_pairs`` are Table 5's columns
+    (``4body_chiral`` is the paper's "4-body"; ``4body_nonchiral`` is a dojo pair the paper does not report).
+    ``paper_draws`` repeats the paper-protocol evaluation of stochastic models (SFA; deterministic models are
+    evaluated once), ``strict_transforms`` is the number of random E(3) moves per graph of the strict protocol.
+    ``reuse_model`` reproduces the dojo's bug of training ONE model object across all seeds (off: a fresh,
+    seeded model per seed).
     """
 
     models: list[str] = Field(default_factory=lambda: ["schnet", "dimenet_pp", "faenet", "faenet-sfa",
@@ -282,9 +290,27 @@ class ExpressivityConfig(Strict):
     kchain_k: Annotated[int, Field(ge=2)] = 4
     kchain_layers: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 3, 4, 5], min_length=1)
     folds: list[Annotated[int, Field(ge=2)]] = Field(default_factory=lambda: [2, 3, 5, 7], min_length=1)
+    # The second rotsym graph is the first rotated by 2π / (fold + r); the dojo draws r in 1..fold unseeded.
+    rotsym_r: PositiveInt = 1
+    body_pairs: list[Literal["2body", "3body", "4body_chiral", "4body_nonchiral"]] = Field(
+        default_factory=lambda: ["2body", "3body", "4body_chiral", "4body_nonchiral"], min_length=1)
+    pair_layers: PositiveInt = 1
     strict_transforms: PositiveInt = 16
+    paper_draws: PositiveInt = 16
+    reuse_model: bool = False
     workers: PositiveInt = 2
     hparams: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExpressivityConfig:
+        for name in ("models", "kchain_layers", "folds", "body_pairs"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: duplicate entries in {values}")
+        if self.rotsym_r > min(self.folds):
+            raise ValueError(f"rotsym_r={self.rotsym_r} must lie in 1..fold for every fold (the rotation is "
+                             f"2π / (fold + r) < 2π / fold); smallest fold is {min(self.folds)}")
+        return self
 
 
 class AblationConfig(Strict):

@@ -253,3 +253,37 @@ def test_protocol_arguments_are_checked():
         train_pair_classifier(tiny_faenet(), PAIRS["2body"], select="best")
     with pytest.raises(ValueError, match="k must"):
         k_chain_pair(1)
+
+
+def test_frame_report_says_what_frame_averaging_sees():
+    from faenet.expressivity import frame_report
+
+    rep = {name: frame_report(p) for name, p in PAIRS.items()}
+    # Congruent pairs with a well-separated spectrum: both graphs give the same set of frame inputs.
+    for name in ("4body_chiral", "4body_nonchiral"):
+        assert rep[name]["inputs_match"] == {"E3": True, "SE3": True} and not any(rep[name]["degenerate"])
+    # Non-congruent pairs never match; the 2-body pair's second graph is collinear (degenerate spectrum).
+    for name in ("kchain_4", "2body", "3body"):
+        assert rep[name]["inputs_match"] == {"E3": False, "SE3": False}
+    assert rep["2body"]["degenerate"] == [False, True]
+    # Planar stars: repeated in-plane eigenvalues, the frames are the eigensolver's choice.
+    assert all(all(rep[f"rotsym_{f}"]["degenerate"]) for f in (2, 3, 5, 7))
+    # A congruent copy moved by a generic rotation keeps matching when the spectrum is well separated.
+    g0, g1 = PAIRS["3body"].graphs
+    q = random_orthogonal(torch.Generator().manual_seed(3), 1.0)
+    moved = g0.clone()
+    moved.pos = (g0.pos.double() @ q + 2.0).float()
+    assert frame_report(type(PAIRS["3body"])("copy", (g0, moved)))["inputs_match"]["E3"]
+
+
+def test_run_pair_experiment_returns_one_history_per_seed():
+    res = run_pair_experiment(tiny_faenet("none"), PAIRS["2body"], seeds=(0, 1, 2), epochs=3, lr=1e-2,
+                              n_strict_draws=2)
+    assert len(res.histories) == 3 and all(len(h.val_acc) == 3 for h in res.histories)
+    assert [h.best_val_acc for h in res.histories] == [max(h.val_acc) for h in res.histories]
+    # The for-loop Adam and the fused kernel follow the same update rule (rounding-level differences).
+    a = train_pair_classifier(tiny_faenet("none"), PAIRS["2body"], epochs=3, lr=1e-2, dtype=F64, select="last")
+    b = train_pair_classifier(tiny_faenet("none"), PAIRS["2body"], epochs=3, lr=1e-2, dtype=F64, select="last",
+                              fused_adam=False)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-8)
