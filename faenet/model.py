@@ -79,6 +79,22 @@ TABLE6_ABLATIONS: dict[str, dict] = {
     "No Jumping Connections": {"skip_co": ""},
 }
 
+
+def table6_hparams(base: dict, row: str) -> dict:
+    """FAENet arguments of Table 6 row ``row``: ``base`` (the baseline configuration) plus the row's switches.
+
+    "Basic MP" multiplies ``h_j`` by ``e_ij`` directly, so it needs ``num_filters == hidden_channels``; as the
+    official code (which overrides ``num_filters`` for ``mp_type="simple"``), ``num_filters`` is set to
+    ``hidden_channels`` for that row.
+    """
+    if row not in TABLE6_ABLATIONS:
+        raise ValueError(f"unknown Table 6 row {row!r}; rows: {list(TABLE6_ABLATIONS)}")
+    out = {**base, **TABLE6_ABLATIONS[row]}
+    if out.get("mp_type") == "simple":
+        out["num_filters"] = out.get("hidden_channels", 128)
+    return out
+
+
 # Table 7 (App. C.2) model hyperparameters. Table 7 gives activation, cutoff, force-head width, hidden
 # channels, max neighbours, filters, gaussians, interaction blocks, period/group and tag widths; the other
 # switches come from the official configs (configs-faenet/*.yaml), noted where the paper says otherwise.
@@ -165,7 +181,10 @@ class GaussianRBF(nn.Module):
         self.register_buffer("offsets", offsets)
 
     def forward(self, dist: Tensor) -> Tensor:
-        return torch.exp(self.coeff * (dist.unsqueeze(-1) - self.offsets) ** 2)
+        t = dist.unsqueeze(-1) - self.offsets
+        if torch.is_grad_enabled() and dist.requires_grad:
+            return torch.exp(self.coeff * t ** 2)
+        return t.square_().mul_(self.coeff).exp_()  # same operations, in place (no autograd)
 
 
 def real_spherical_harmonics(unit: Tensor, lmax: int) -> Tensor:
@@ -196,6 +215,13 @@ class EdgeEmbedding(nn.Module):
     ``edge_embed_type`` (Table 6): "all_rij" (default, r_ij and RBF, F//2 + F - F//2 channels), "rij"
     (r_ij only), "sh" (spherical harmonics of r_ij / d_ij only), "all" (one Linear on [r_ij || SH || RBF]).
     ``r_ij`` is the raw vector in frame coordinates (Å), not normalised.
+
+    ``forward(vec, dist, frames)``: ``vec`` holds ``frames`` stacked copies (frame-major) of the edge
+    vectors of one edge list and ``dist`` (E,) their lengths, shared by every frame (Full FA: distances are
+    frame-invariant), so the RBF and its Linear are computed once for all frames. Without autograd on CPU
+    the embedding is computed in cache-sized chunks of edges written in place into the output (same
+    arithmetic as the literal path: no (E, F) temporaries for the concatenation, the activations or the
+    biases).
     """
 
     def __init__(self, num_filters: int, num_gaussians: int, cutoff: float, edge_embed_type: str,
@@ -204,7 +230,7 @@ class EdgeEmbedding(nn.Module):
         _check_choice("edge_embed_type", edge_embed_type, EDGE_EMBED_TYPES)
         if sh_lmax not in (1, 2, 3):
             raise ValueError(f"sh_lmax must be 1, 2 or 3, got {sh_lmax}")
-        self.kind, self.sh_lmax = edge_embed_type, sh_lmax
+        self.kind, self.sh_lmax, self.num_filters = edge_embed_type, sh_lmax, num_filters
         n_sh = sh_lmax * (sh_lmax + 2)
         self.rbf = GaussianRBF(cutoff, num_gaussians) if edge_embed_type in ("all_rij", "all") else None
         if edge_embed_type == "all_rij":
@@ -215,18 +241,62 @@ class EdgeEmbedding(nn.Module):
             self.lin = _xavier(nn.Linear(n_in, num_filters))
         self.lin_2 = _xavier(nn.Linear(num_filters, num_filters)) if second_layer else None
 
-    def forward(self, vec: Tensor, dist: Tensor) -> Tensor:
+    def _sh(self, vec: Tensor, dist: Tensor) -> Tensor:
+        return real_spherical_harmonics(vec / dist.clamp_min(1e-9).unsqueeze(-1), self.sh_lmax)
+
+    def forward(self, vec: Tensor, dist: Tensor, frames: int = 1) -> Tensor:
+        n_edges = dist.shape[0]
+        if vec.shape[0] != frames * n_edges:
+            raise ValueError(f"vec has {vec.shape[0]} rows, expected frames * len(dist) = {frames} * {n_edges}")
+        if not vec.is_cuda and not (torch.is_grad_enabled() and (
+                vec.requires_grad or dist.requires_grad or any(p.requires_grad for p in self.parameters()))):
+            return self._forward_inference(vec, dist, frames)
         if self.kind == "all_rij":
-            e = torch.cat([self.lin_rij(vec), self.lin_rbf(self.rbf(dist))], dim=-1)
+            rbf_part = self.lin_rbf(self.rbf(dist))  # frame-invariant: once for all frames
+            e = torch.cat([self.lin_rij(vec), rbf_part.repeat(frames, 1) if frames > 1 else rbf_part], dim=-1)
         elif self.kind == "rij":
             e = self.lin(vec)
         else:
-            sh = real_spherical_harmonics(vec / dist.clamp_min(1e-9).unsqueeze(-1), self.sh_lmax)
-            e = self.lin(sh if self.kind == "sh" else torch.cat([vec, sh, self.rbf(dist)], dim=-1))
+            d_all = dist.repeat(frames) if frames > 1 else dist
+            sh = self._sh(vec, d_all)
+            e = self.lin(sh if self.kind == "sh" else torch.cat([vec, sh, self.rbf(d_all)], dim=-1))
         e = F.silu(e)
         if self.lin_2 is not None:
             e = F.silu(self.lin_2(e))
         return e
+
+    def _forward_inference(self, vec: Tensor, dist: Tensor, frames: int) -> Tensor:
+        """The literal forward, chunk by chunk of edges, written in place (no autograd)."""
+        n_edges, n_f = dist.shape[0], self.num_filters
+        out = vec.new_empty(frames * n_edges, n_f)
+        half = n_f // 2
+        step = max(1, _CHUNK_ELEMENTS // n_f)
+        buf = vec.new_empty(min(step, max(1, n_edges)), n_f) if self.lin_2 is not None else None
+        for s0 in range(0, n_edges, step):
+            s1 = min(n_edges, s0 + step)
+            d = dist[s0:s1]
+            rbf_part = None
+            if self.kind == "all_rij":
+                rbf_part = F.linear(self.rbf(d), self.lin_rbf.weight, self.lin_rbf.bias)
+            for f in range(frames):
+                rows = slice(f * n_edges + s0, f * n_edges + s1)
+                v = vec[rows]
+                x = out[rows] if buf is None else buf[: s1 - s0]
+                if self.kind == "all_rij":
+                    torch.addmm(self.lin_rij.bias, v, self.lin_rij.weight.t(), out=x[:, :half])
+                    x[:, half:] = rbf_part
+                elif self.kind == "rij":
+                    torch.addmm(self.lin.bias, v, self.lin.weight.t(), out=x)
+                else:
+                    sh = self._sh(v, d)
+                    inp = sh if self.kind == "sh" else torch.cat([v, sh, self.rbf(d)], dim=-1)
+                    torch.addmm(self.lin.bias, inp, self.lin.weight.t(), out=x)
+                F.silu(x, inplace=True)
+                if self.lin_2 is not None:
+                    y = out[rows]
+                    torch.addmm(self.lin_2.bias, x, self.lin_2.weight.t(), out=y)
+                    F.silu(y, inplace=True)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -543,33 +613,59 @@ class FAENet(nn.Module):
                               if regress_forces.startswith("direct") else None)
 
     # -- graph -----------------------------------------------------------------------------------------
-    def _edges(self, data, pos: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Edge index, vectors r_ij and lengths after the model cutoff and neighbour limit."""
-        edge_index = data.edge_index
-        vec = edge_vectors(pos, edge_index, data.cell_offsets, data.cell.reshape(-1, 3, 3), batch)
+    def _edges(self, data, pos: Tensor, batch: Tensor, cell: Tensor | None = None
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Edge index, cell offsets, vectors r_ij and lengths after the model cutoff and neighbour limit."""
+        edge_index, offsets = data.edge_index, data.cell_offsets
+        cell = data.cell if cell is None else cell
+        vec = edge_vectors(pos, edge_index, offsets, cell.reshape(-1, 3, 3), batch)
         dist = vec.norm(dim=-1)
         inside = dist <= self.cutoff
         if not bool(inside.all()):
-            edge_index, vec, dist = edge_index[:, inside], vec[inside], dist[inside]
+            edge_index, offsets, vec, dist = edge_index[:, inside], offsets[inside], vec[inside], dist[inside]
         if self.max_num_neighbors is not None:
             keep = _limit_neighbors(edge_index[1], dist, pos.shape[0], self.max_num_neighbors)
             if keep is not None:
-                edge_index, vec, dist = edge_index[:, keep], vec[keep], dist[keep]
-        return edge_index, vec, dist
+                edge_index, offsets, vec, dist = edge_index[:, keep], offsets[keep], vec[keep], dist[keep]
+        return edge_index, offsets, vec, dist
 
     # -- forward ---------------------------------------------------------------------------------------
-    def energy_and_states(self, data, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """Graph energies (B,) and final atom states (N, H) for positions ``pos``."""
+    def energy_and_states(self, data, pos: Tensor, cell_frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Graph energies (B,) and final atom states (N, H) for positions ``pos``.
+
+        With ``cell_frames`` (F, B, 3, 3), ``pos`` (F * N, 3) holds F projected copies (frame-major) of the
+        positions of ``data`` (N atoms, B graphs) and the result is that of the stacked batch of F * B graphs
+        (``faenet.symmetry.stack_frames``): energies (F * B,), states (F * N, H). Frame-invariant work is done
+        once: the model graph (cutoff and neighbour limit) and the distances from frame 0, the RBF of the edge
+        embedding, the atom embedding block.
+        """
         z = data.atomic_numbers.long()
         batch = data.batch if getattr(data, "batch", None) is not None else z.new_zeros(z.shape[0])
         num_graphs = int(data.num_graphs) if getattr(data, "num_graphs", None) is not None else 1
-        edge_index, vec, dist = self._edges(data, pos, batch)
+        n_atoms = z.shape[0]
+        frames = 1 if cell_frames is None else int(cell_frames.shape[0])
+        if frames == 1:
+            edge_index, _, vec, dist = self._edges(data, pos, batch, None if cell_frames is None else cell_frames[0])
+        else:
+            # Distances are frame-invariant (the frames are orthogonal maps of the same graph), so frame 0
+            # decides the cutoff and the neighbour limit for every frame (as each frame would: the limit
+            # sorts distances rounded to 1e-4 Å); only the edge vectors are computed per frame.
+            edge_index, offsets, vec0, dist = self._edges(data, pos[:n_atoms], batch, cell_frames[0])
+            vecs = [vec0] + [edge_vectors(pos[f * n_atoms:(f + 1) * n_atoms], edge_index, offsets,
+                                          cell_frames[f].reshape(-1, 3, 3), batch) for f in range(1, frames)]
+            vec = torch.cat(vecs)
+            shift = torch.arange(frames, device=z.device)
+            edge_index = (edge_index[:, None, :] + (shift * n_atoms)[None, :, None]).reshape(2, -1)
 
         tags = getattr(data, "tags", None) if self.use_tags else None
         h = F.silu(self.atom_lin(self.atom_embedding(z, tags)))
         if self.atom_lin_2 is not None:
             h = F.silu(self.atom_lin_2(h))
-        e = self.edge_embedding(vec, dist)
+        if frames > 1:  # the embedding block sees only Z and tags: frame-invariant, repeated per frame
+            h = h.repeat(frames, 1)
+            batch = (batch[None, :] + (shift * num_graphs)[:, None]).reshape(-1)
+            num_graphs *= frames
+        e = self.edge_embedding(vec, dist, frames)
         alpha = self.w_lin(h) if self.w_lin is not None else None
 
         skips: list[Tensor] = []
@@ -592,7 +688,24 @@ class FAENet(nn.Module):
     def forward(self, data) -> dict[str, Tensor]:
         """``{"energy": (B,), "forces": (N, 3) if regress_forces, "forces_grad_target": (N, 3)}`` (the
         last only for "direct_with_gradient_target" in training mode; detached ``-dE/dpos``)."""
-        pos = data.pos
+        return self._predict(data, data.pos, None)
+
+    def forward_frames(self, data, pos_frames: Tensor, cell_frames: Tensor | None) -> dict[str, Tensor]:
+        """Outputs for F projected copies of ``data`` in one pass, as ``self(stack_frames(data, pos_frames,
+        cell_frames))`` (Full FA, ``faenet.symmetry``): energies (F * B,) and per-atom outputs (F * N, 3),
+        frame-major, with the frame-invariant work done once (``energy_and_states``).
+
+        ``pos_frames`` (F, N, 3), ``cell_frames`` (F, B, 3, 3) or None (then ``data.cell`` in every frame).
+        ``-dE/dpos`` is taken w.r.t. the stacked positions; the distance path reaches frame 0 only, which is
+        the same force once each frame's force is rotated back to the input frame (the distances of frame f
+        are those of frame 0 as functions of the input positions).
+        """
+        n_f = pos_frames.shape[0]
+        if cell_frames is None:
+            cell_frames = data.cell.reshape(-1, 3, 3)[None].expand(n_f, -1, -1, -1)
+        return self._predict(data, pos_frames.reshape(-1, 3), cell_frames)
+
+    def _predict(self, data, pos: Tensor, cell_frames: Tensor | None) -> dict[str, Tensor]:
         want_grad = self.regress_forces == "from_energy" or (
             self.regress_forces == "direct_with_gradient_target" and self.training)
         if want_grad and not pos.requires_grad:
@@ -601,7 +714,7 @@ class FAENet(nn.Module):
                                    "torch.inference_mode forbids; use torch.no_grad() or no context")
             pos.requires_grad_(True)
         with torch.enable_grad() if want_grad else contextlib.nullcontext():
-            energy, h = self.energy_and_states(data, pos)
+            energy, h = self.energy_and_states(data, pos, cell_frames)
             out = {"energy": energy}
             if want_grad:
                 # create_graph in training so a loss on -dE/dpos trains the model; retain_graph so the

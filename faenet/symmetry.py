@@ -10,6 +10,9 @@
 - ``full`` / ``se3-full`` (Full FA, Eq. (1)): every frame of every graph stacked into ONE batch of F*B
   graphs (frame-major: graph ``f*B + b`` is frame f of graph b; ``edge_index`` offset by ``f*N``) and ONE
   model call, so the cost is ~F x SFA. Edges are frame-invariant (Eq. (4) keeps ``cell_offsets``) and reused.
+  A model with a ``forward_frames(data, pos_frames, cell_frames)`` method (FAENet) is given the frames
+  instead of the stacked batch, and returns the same frame-major outputs with its frame-invariant work
+  (graph, distances, atom embedding) done once.
   Graph outputs are averaged over frames; per-atom vectors are mapped back per frame, then averaged.
 - ``da``: data augmentation, a Haar-uniform random rotation per graph (with a reflection with probability
   1/2 unless ``da_reflect=False``); in 2D a uniform angle about z (and a reflection of x with prob. 1/2).
@@ -258,7 +261,10 @@ class SymmetryWrapper(nn.Module):
                 moved.cell = cell_f
             return _map_back(self.model(moved), rot, batch)
         pos_f, cell_f = project_all(data.pos, cell, batch, frames)
-        out = self.model(stack_frames(data, pos_f, cell_f))
+        if hasattr(self.model, "forward_frames"):  # the model does its frame-invariant work once
+            out = self.model.forward_frames(_input_copy(data), pos_f, cell_f)
+        else:
+            out = self.model(stack_frames(data, pos_f, cell_f))
         return _average_frames(out, frames.rotations, batch, b)
 
 

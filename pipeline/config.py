@@ -314,15 +314,48 @@ class ExpressivityConfig(Strict):
 
 
 class AblationConfig(Strict):
-    """Stage ``ablation`` (App. B.3, Table 6): FAENet variants trained on IS2RE with SFA, MAE and throughput."""
+    """Stage ``ablation`` (App. B.3, Table 6): FAENet variants trained on IS2RE with SFA, MAE and throughput.
+
+    Each variant is the profile's FAENet IS2RE hyperparameters plus the Table 6 row's switches
+    (``faenet.model.TABLE6_ABLATIONS``), trained with the profile's ``train.is2re`` settings (``epochs`` and
+    ``max_train_graphs`` shorten them to fit a CPU budget), once per seed. Throughput: forward passes in eval
+    mode over the same fixed batches for every variant, the variants interleaved round by round so a change of
+    machine load hits all of them alike; ``throughput_data`` = ``oc20_like`` (OC20-sized 4x4x4 slabs +
+    adsorbate, ``faenet.throughput.oc20_like_slabs``, seed 0) or ``val_id`` (the first graphs of the embedded
+    val_id split), with the training rewiring applied.
+    """
 
     variants: list[str] = Field(default_factory=list)  # Table 6 row names; empty = all of them
     seeds: list[NonNegInt] = Field(default_factory=lambda: [0], min_length=1)
     symmetry: Literal[SYMMETRY_METHODS] = "sfa"
+    epochs: PositiveInt | None = None  # None = train.is2re.epochs
+    max_train_graphs: PositiveInt | None = None  # None = the whole train split
+    throughput_data: Literal["oc20_like", "val_id"] = "oc20_like"
+    throughput_batch_size: PositiveInt = 16
+    throughput_batches: PositiveInt = 2
+    throughput_warmup: NonNegInt = 1
+    throughput_repeats: PositiveInt = 5
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_variants(cls, v: list[str]) -> list[str]:
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"variants listed twice: {dup}")
+        return v
 
 
 class BenchmarkConfig(Strict):
-    """Stage ``benchmark``: forward throughput, epoch time and peak memory, two graph protocols."""
+    """Stage ``benchmark``: inference throughput, training time per epoch and peak memory of every model and
+    symmetry method, at the profile's and the paper's hyperparameters, under the paper's and the same-graph
+    protocol, plus a scaling curve (``pipeline/benchmark.py`` documents the protocols and the output).
+
+    Same-graph protocol: ``n_batches`` batches of ``batch_size`` OC20-sized slabs, identical for every model.
+    Paper protocol: each model's IS2RE eval batch size in the authors' configs (``paper_batch_sizes``),
+    capped at ``max_batch_size`` (None = no cap). ``max_graphs``: models timed on only their first
+    ``max_graphs[model]`` graphs of each protocol (those too slow on CPU). Training steps are timed on the
+    first ``train_graphs`` graphs (``train_repeats`` timed passes after one warm-up pass).
+    """
 
     batch_size: PositiveInt = 16
     n_batches: PositiveInt = 2
@@ -330,8 +363,19 @@ class BenchmarkConfig(Strict):
     warmup: NonNegInt = 1
     threads: PositiveInt = 2
     paper_hparams: bool = True
-    # Scaling curve: slabs of n x n x 4 atoms (+ an adsorbate) for each n.
-    scaling_sizes: list[PositiveInt] = Field(default_factory=lambda: [2, 3, 4, 5], min_length=1)
+    paper_batch_sizes: dict[str, PositiveInt] = Field(
+        default_factory=lambda: {"faenet": 256, "schnet": 256, "dimenet_pp": 16, "forcenet": 32})
+    max_batch_size: PositiveInt | None = None
+    max_graphs: dict[str, PositiveInt] = Field(default_factory=dict)
+    train_graphs: PositiveInt = 8
+    train_repeats: PositiveInt = 2
+    memory: bool = True
+    # S2EF training steps (forces) of FAENet and ForceNet: the paper's epoch-time claim vs ForceNet is S2EF's.
+    s2ef_train: bool = True
+    # Scaling curve: slabs of n x n x 4 atoms (+ an adsorbate) for each n, at these hparam sets.
+    scaling_sizes: list[PositiveInt] = Field(default_factory=lambda: [2, 3, 4, 5], min_length=2)
+    scaling_batch_size: PositiveInt = 4
+    scaling_hparams: list[Literal["profile", "paper"]] = Field(default_factory=lambda: ["profile"], min_length=1)
 
 
 class Profile(Strict):

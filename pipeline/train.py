@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,11 @@ from pipeline.config import (
     DATASETS,
     EVAL_SPLITS,
     FORCE_TASKS,
-    FRAME_DIM,
     ROOT,
     SYMMETRY_METHODS,
     ConfigError,
     Params,
     cell_name,
-    digest,
     flatten,
     load_params,
     params_hash,
@@ -126,11 +123,10 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
              models_dir: Path) -> int:
     import torch
 
-    from baselines.registry import build_model
     from faenet.data.dataset import GraphDataset, content_hash, remove_tag0
-    from faenet.symmetry import SymmetryWrapper
-    from faenet.training import TrainSettings, evaluate, train
-    from pipeline.tracking import mlflow_run, provenance
+    from faenet.training import TrainSettings
+    from pipeline.runs import RunSpec, train_or_reuse
+    from pipeline.tracking import provenance
 
     prof = params.active
     tcfg = prof.train.for_run(model_name, task)
@@ -167,65 +163,21 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
         transform = _compose(rewire, _select_target(t_index, target) if t_index is not None else None)
         sets = {name: GraphDataset(split_paths[name], task=task, transform=transform)
                 for name in ["train", *eval_names]}
-        metric = "energy" if target == "energy" else target
         for seed in prof.train.seeds_for(model_name, task):
             settings = TrainSettings(seed=seed, eval_batch_size=prof.train.eval_batch_size,
                                      **{k: v for k, v in tcfg.model_dump().items() if k in settings_fields})
-            key = digest({"model": model_name, "hparams": hparams, "settings": settings.digest(),
-                          "symmetry": symmetry, "target": target, "seed": seed, "data": data_hash,
-                          "rewiring": tcfg.rewiring})
-            tag = f"seed{seed}" if target == "energy" else f"{target}-seed{seed}"
-            work_ckpt = ROOT / "work" / "ckpt" / cell / f"{tag}-{key}.pt"
-            result_path = ROOT / "work" / "results" / cell / f"{tag}-{key}.json"
-            out_ckpt = models_dir / f"{tag}.pt"
-            if result_path.exists() and work_ckpt.with_suffix(".final.pt").exists():
-                run = json.loads(result_path.read_text())
-                shutil.copyfile(work_ckpt.with_suffix(".final.pt"), out_ckpt)
-                print(f"{cell} {tag}: finished earlier (MLflow run {run['run_id']}), reused")
-            else:
-                torch.manual_seed(seed)
-                net = build_model(model_name, **hparams)
-                wrapped = SymmetryWrapper(net, symmetry, frame_dim=FRAME_DIM[task])
-                run_params = {**flatten(tcfg.model_dump(), "train."), **flatten(hparams, "model."),
-                              "model": model_name, "dataset": task, "symmetry": symmetry, "seed": seed,
-                              "target": target, "profile": params.profile, "rewiring": tcfg.rewiring,
-                              "n_params": sum(p.numel() for p in net.parameters()),
-                              **flatten(getattr(prof.data, "catalysis" if task in ("is2re", "s2ef") else task
-                                                ).model_dump(mode="json"), "data.")}
-                with mlflow_run(f"{cell}-{tag}", run_params, {**base_tags, "target": target}) as mlf:
-                    import mlflow
-
-                    history: list[dict[str, Any]] = []
-
-                    def on_epoch(epoch: int, row: dict[str, float], history=history) -> None:
-                        mlflow.log_metrics(row, step=epoch + 1)
-                        history.append(row)
-
-                    result = train(wrapped, sets["train"], {n: sets[n] for n in eval_names[:1]}, settings,
-                                   needs_forces, checkpoint_path=work_ckpt, on_epoch=on_epoch)
-                    if result.resumed_from_epoch:
-                        print(f"{cell} {tag}: resumed from epoch {result.resumed_from_epoch}")
-                    final = {n: evaluate(wrapped, sets[n], prof.train.eval_batch_size, result.normalizer,
-                                         needs_forces) for n in eval_names}
-                    if metric != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply
-                        final = {n: {f"{metric}_mae": m["energy_mae"]} for n, m in final.items()}
-                    mlflow.log_metrics({f"final_{n}_{k}": v for n, m in final.items() for k, v in m.items()})
-                    state = {"model": net.state_dict(), "model_name": model_name, "hparams": hparams,
-                             "symmetry": symmetry, "normalizer": vars(result.normalizer), "seed": seed,
-                             "task": task, "target": target, "rewiring": tcfg.rewiring, "data_hash": data_hash}
-                    torch.save(state, work_ckpt.with_suffix(".final.pt"))
-                    shutil.copyfile(work_ckpt.with_suffix(".final.pt"), out_ckpt)
-                    run = {"seed": seed, "target": target, "run_id": mlf.info.run_id, "final": final,
-                           "n_params": run_params["n_params"], "train_seconds": result.train_seconds,
-                           "epoch_seconds": result.epoch_seconds,
-                           "history": [{"epoch": i + 1, **h} for i, h in enumerate(result.history)]}
-                    write_json(result_path, run)
-                    mlflow.log_artifact(str(out_ckpt), "checkpoint")
-                    mlflow.log_artifact(str(result_path), "metrics")
-                    mlflow.log_dict({"train": tcfg.model_dump(), "model": hparams, "profile": params.profile,
-                                     "symmetry": symmetry, "target": target}, "resolved_config.json")
-                if work_ckpt.exists():
-                    work_ckpt.unlink()  # the .final.pt holds what a rerun needs
+            run_params = {**flatten(tcfg.model_dump(), "train."), **flatten(hparams, "model."),
+                          "model": model_name, "dataset": task, "symmetry": symmetry, "seed": seed,
+                          "target": target, "profile": params.profile, "rewiring": tcfg.rewiring,
+                          **flatten(getattr(prof.data, "catalysis" if task in ("is2re", "s2ef") else task
+                                            ).model_dump(mode="json"), "data.")}
+            spec = RunSpec(model_name=model_name, hparams=hparams, symmetry=symmetry, task=task, seed=seed,
+                           settings=settings, data_hash=data_hash, folder=cell, target=target,
+                           rewiring=tcfg.rewiring, run_params=run_params, tags=base_tags,
+                           config={"train": tcfg.model_dump(), "model": hparams, "profile": params.profile,
+                                   "symmetry": symmetry, "target": target})
+            run = train_or_reuse(spec, sets, eval_names, needs_forces, prof.train.eval_batch_size,
+                                 out_ckpt=models_dir / f"{spec.tag}.pt")
             runs.append(run)
             n_params = run["n_params"]
             curve_rows += [{"seed": seed, "target": target, **h} for h in run["history"]]

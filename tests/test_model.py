@@ -21,6 +21,7 @@ from faenet.model import (
     TABLE7,
     FAENet,
     real_spherical_harmonics,
+    table6_hparams,
 )
 
 
@@ -284,6 +285,19 @@ def test_table6_ablations_and_table7_presets_build():
         qm9 = FAENet(**TABLE7["qm9"]).eval()
         assert qm9(Batch.from_data_list([_molecule(2, dtype=torch.float32)]))["energy"].shape == (1,)
     assert math.isclose(TABLE7["qm7x"]["cutoff"], 5.0)
+
+
+def test_table6_hparams_apply_switches_and_the_basic_mp_width():
+    base = {"hidden_channels": 40, "num_filters": 24, "mp_type": "base", "num_gaussians": 8, "cutoff": 4.0,
+            "tag_hidden_channels": 4, "pg_hidden_channels": 4, "num_interactions": 1}
+    assert table6_hparams(base, "FAENet (baseline)") == base
+    assert table6_hparams(base, "Only r_ij") == {**base, "edge_embed_type": "rij"}
+    basic = table6_hparams(base, "Basic MP")
+    assert basic["mp_type"] == "simple" and basic["num_filters"] == 40  # h_j * e_ij needs F = H
+    FAENet(**basic).eval()(Batch.from_data_list([_crystal(0, torch.float32)]))
+    assert base["num_filters"] == 24  # the base is not modified
+    with pytest.raises(ValueError, match="Table 6 row"):
+        table6_hparams(base, "Only rij")
 
 
 def test_throughput_helper_reports_timings_and_restores_mode():
