@@ -133,10 +133,20 @@ def _capture(predict: Callable) -> Iterator[_InputCapture | None]:
         return
     cap = _InputCapture()
     handle = target.register_forward_pre_hook(cap)
+    # Full FA hands a model with ``forward_frames`` (FAENet) the projected frames directly, bypassing
+    # ``__call__`` and its hooks: record those positions too (frame-major, as a stacked batch would be).
+    frames_fn = getattr(target, "forward_frames", None)
+    if frames_fn is not None:
+        def recording(data, pos_frames, cell_frames, _fn=frames_fn):
+            cap.calls.append(pos_frames.detach().reshape(-1, 3).clone())
+            return _fn(data, pos_frames, cell_frames)
+        target.forward_frames = recording
     try:
         yield cap
     finally:
         handle.remove()
+        if frames_fn is not None:
+            del target.forward_frames  # the class's method again
 
 
 def _per_graph_mean(values: Tensor, batch: Tensor, num_graphs: int) -> Tensor:

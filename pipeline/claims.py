@@ -119,7 +119,8 @@ def _bench_hparams(ctx: dict[str, Any]) -> str:
 
 
 def sym(ctx: dict[str, Any], task: str, row: str, metric: str, subset: str = "all") -> float:
-    """Mean over seeds of one App. D metric of ``row`` (a cell name or ``faenet-<task>-notrain``) in metrics/symmetry.json."""
+    """Mean over seeds of one App. D metric of ``row`` (a cell name or ``faenet-<task>-notrain``) in
+    metrics/symmetry.json."""
     s = ctx.get("symmetry")
     if not s:
         raise Missing("metrics/symmetry.json is missing (stage symmetry)")
@@ -649,7 +650,7 @@ def c_ablation_rbf(ctx, c):
        "App. B.3; Table 6 (3065 samples/s)", "highest throughput of the measured variants",
        "ablation stage, the same batches for every variant")
 def c_ablation_basic_fastest(ctx, c):
-    c.paper = _t("table6", "Basic MP", "throughput")
+    c.paper = _t("table6", "Basic MP", "infer")
     vals = {v: ablation(ctx, v, "samples_per_s") for v in _variants(ctx)}
     if "Basic MP" not in vals:
         raise Missing("the profile's ablation does not include 'Basic MP'")

@@ -182,6 +182,9 @@ class TrainConfig(Strict):
     seeds: list[NonNegInt] = Field(default_factory=lambda: [0], min_length=1)
     eval_batch_size: PositiveInt = 64
     threads: PositiveInt = 2
+    # Independent runs of a cell (seeds, QM9 properties) train in this many processes, threads // workers
+    # torch threads each (small models use two cores better as two runs than as one run on two threads).
+    workers: PositiveInt = 1
     # Shell-style patterns over cell names ``<model>-<dataset>-<symmetry>``; empty = every designed cell.
     only: list[str] = Field(default_factory=list)
     is2re: TaskTrainConfig = TaskTrainConfig()

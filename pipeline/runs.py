@@ -13,6 +13,13 @@ settings, symmetry method, target, seed, rewiring and the dataset's content hash
 A run whose record and final state both exist is not trained again nor logged again. ``work/`` lies outside
 DVC's outputs (DVC deletes those before a stage runs), so nothing computed is lost.
 
+Parallel runs (``run_all`` with ``workers > 1``): independent runs (seeds, QM9 properties) train in spawned
+processes with ``threads // workers`` torch threads each: small models use two cores better as two runs than
+as one run on two threads. Workers never touch MLflow (one SQLite writer); each writes its record without a
+``run_id``, and the parent logs the finished run (params, per-epoch metrics at their epochs, artifacts, its
+real start and end times), then adds the ``run_id``. A record without ``run_id`` (the parent was killed
+between the two) is logged on the next run, not retrained. Results do not depend on the number of workers.
+
 Run record (``RunRecord`` keys): ``seed``, ``target``, ``run_id`` (MLflow), ``final`` ({split: {metric:
 value}}, eV; QM9 properties as ``<name>_mae``), ``n_params``, ``train_seconds``, ``epoch_seconds`` (list),
 ``history`` (per-epoch rows with ``epoch``).
@@ -83,6 +90,11 @@ class RunSpec:
         return WORK / "results" / self.folder / f"{self.tag}-{self.key}.json"
 
     def done(self) -> bool:
+        """Finished and logged: nothing left to do."""
+        return self.trained() and bool(json.loads(self.result_path.read_text()).get("run_id"))
+
+    def trained(self) -> bool:
+        """Finished (record and final state written), logged to MLflow or not."""
         return self.result_path.exists() and self.final_path.exists()
 
 
@@ -165,3 +177,125 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
     if spec.ckpt_path.exists():
         spec.ckpt_path.unlink()  # the .final.pt holds what a rerun needs
     return run
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How a worker process opens the datasets of a run: LMDB paths, task and a picklable transform."""
+
+    paths: dict[str, str]  # split name -> LMDB path; "train" and every eval split
+    task: str
+    transform: Any = None  # a picklable callable (e.g. ``pipeline.train.RecordTransform``), or None
+
+    def open(self) -> dict[str, Any]:
+        from faenet.data.dataset import GraphDataset
+
+        return {name: GraphDataset(path, task=self.task, transform=self.transform) for name, path in self.paths.items()}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run to execute: the spec, its data, where the DVC output checkpoint goes."""
+
+    spec: RunSpec
+    data: DataSpec
+    eval_names: tuple[str, ...]
+    needs_forces: bool
+    eval_batch_size: int
+    out_ckpt: str | None = None
+
+
+def fit(job: Job, on_epoch=None) -> dict[str, Any]:
+    """Train and evaluate one run (resuming its checkpoint); write its final state and its record without an
+    MLflow ``run_id``. No MLflow here: ``on_epoch(epoch, row)`` lets an in-process caller log live."""
+    import time
+
+    import torch
+
+    from faenet.training import evaluate, train
+
+    spec, sets = job.spec, job.data.open()
+    started = time.time()
+    net, wrapped = build_wrapped(spec)
+    result = train(wrapped, sets["train"], {n: sets[n] for n in job.eval_names[:1]}, spec.settings,
+                   job.needs_forces, checkpoint_path=spec.ckpt_path, on_epoch=on_epoch,
+                   progress=on_epoch is not None)
+    if result.resumed_from_epoch:
+        print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}", flush=True)
+    final = {n: evaluate(wrapped, sets[n], job.eval_batch_size, result.normalizer, job.needs_forces)
+             for n in job.eval_names}
+    if spec.target != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply
+        final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
+    state = {"model": net.state_dict(), "model_name": spec.model_name, "hparams": spec.hparams,
+             "symmetry": spec.symmetry, "normalizer": vars(result.normalizer), "seed": spec.seed,
+             "task": spec.task, "target": spec.target, "rewiring": spec.rewiring, "data_hash": spec.data_hash}
+    spec.final_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, spec.final_path)
+    run = {"seed": spec.seed, "target": spec.target, "run_id": None, "final": final,
+           "n_params": sum(p.numel() for p in net.parameters()), "train_seconds": result.train_seconds,
+           "epoch_seconds": result.epoch_seconds, "started": started, "ended": time.time(),
+           "history": [{"epoch": i + 1, **h} for i, h in enumerate(result.history)]}
+    write_json(spec.result_path, run)
+    if spec.ckpt_path.exists():
+        spec.ckpt_path.unlink()  # the .final.pt holds what a rerun needs
+    return run
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _fit_in_worker(job: Job) -> dict[str, Any]:
+    return fit(job)
+
+
+def _log_finished(job: Job, run: dict[str, Any]) -> dict[str, Any]:
+    """Log a finished run to MLflow (with its real start/end times) and add its ``run_id`` to the record."""
+    from pipeline.tracking import log_finished_run
+
+    spec = job.spec
+    run_id = log_finished_run(
+        spec.name, {**spec.run_params, "n_params": run["n_params"]}, {**spec.tags, "target": spec.target},
+        history=run["history"], final=run["final"], artifacts={"checkpoint": str(spec.final_path),
+                                                               "metrics": str(spec.result_path)},
+        config=spec.config, start_time=run.get("started"), end_time=run.get("ended"))
+    run = {**run, "run_id": run_id}
+    write_json(spec.result_path, run)
+    return run
+
+
+def run_all(jobs: list[Job], workers: int = 1, threads: int = 1) -> list[dict[str, Any]]:
+    """Run every job (``train_or_reuse`` semantics), ``workers`` at a time; records in job order."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    records: list[dict[str, Any] | None] = [None] * len(jobs)
+    todo = []
+    for k, job in enumerate(jobs):
+        if job.spec.done():
+            records[k] = json.loads(job.spec.result_path.read_text())
+            print(f"{job.spec.name}: finished earlier (MLflow run {records[k]['run_id']}), reused", flush=True)
+        elif job.spec.trained():  # trained, not logged: the parent died in between
+            records[k] = _log_finished(job, json.loads(job.spec.result_path.read_text()))
+        else:
+            todo.append(k)
+    if workers <= 1 or len(todo) <= 1:
+        for k in todo:
+            records[k] = train_or_reuse(jobs[k].spec, jobs[k].data.open(), list(jobs[k].eval_names),
+                                        jobs[k].needs_forces, jobs[k].eval_batch_size,
+                                        Path(jobs[k].out_ckpt) if jobs[k].out_ckpt else None)
+    else:
+        n = min(workers, len(todo))
+        print(f"{len(todo)} runs in {n} processes x {max(1, threads // n)} threads", flush=True)
+        with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(max(1, threads // n),)) as pool:
+            futures = {k: pool.submit(_fit_in_worker, jobs[k]) for k in todo}
+            for k in todo:  # in job order, so MLflow and the metrics see a deterministic order
+                records[k] = _log_finished(jobs[k], futures[k].result())
+                print(f"{jobs[k].spec.name}: done", flush=True)
+    for job in jobs:
+        if job.out_ckpt is not None:
+            shutil.copyfile(job.spec.final_path, job.out_ckpt)
+    return [r for r in records if r is not None]

@@ -62,21 +62,72 @@ def provenance(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {**git_info(), "packages": package_versions(), "machine": machine_info(), **(extra or {})}
 
 
-@contextmanager
-def mlflow_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[Any]:
-    """Start an MLflow run in the project experiment; yields the ``mlflow`` module bound to it."""
+def _experiment_id() -> str:
+    """Point MLflow at the project store and return the project experiment's id (created if absent)."""
     import mlflow  # deferred: ~1.6 s import
 
     mlflow.set_tracking_uri(tracking_uri())
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
         location = None if os.environ.get("MLFLOW_TRACKING_URI") else (ROOT / "mlruns").as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
-    mlflow.set_experiment(EXPERIMENT)
+        return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    return exp.experiment_id
+
+
+def _params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(k, str(v)[:500]) for k, v in params.items()]
+
+
+@contextmanager
+def mlflow_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[Any]:
+    """Start an MLflow run in the project experiment; yields the active run."""
+    import mlflow
+
+    mlflow.set_experiment(experiment_id=_experiment_id())
     with mlflow.start_run(run_name=run_name, tags=dict(tags)) as run:
-        items = [(k, v) for k, v in params.items()]
+        items = _params(params)
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            mlflow.log_params({k: str(v)[:500] for k, v in items[i:i + 100]})
+            mlflow.log_params(dict(items[i:i + 100]))
         yield run
+
+
+def log_finished_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str, str], *,
+                     history: list[Mapping[str, Any]], final: Mapping[str, Mapping[str, float]],
+                     artifacts: Mapping[str, str], config: Mapping[str, Any], start_time: float | None = None,
+                     end_time: float | None = None) -> str:
+    """Log a run that finished elsewhere (a worker process): params, per-epoch metrics at their epochs
+    (``history`` rows with ``epoch``), ``final_<split>_<metric>``, artifacts ``{folder: path}``, the resolved
+    config, and its real start/end times (Unix seconds). Returns the run id."""
+    import time
+
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    def ms(t: float) -> int:
+        return int(t * 1000)
+
+    client = MlflowClient(tracking_uri())
+    run = client.create_run(_experiment_id(), start_time=ms(start_time or time.time()), tags=dict(tags),
+                            run_name=run_name)
+    rid = run.info.run_id
+    try:
+        items = _params(params)
+        for i in range(0, len(items), 100):
+            client.log_batch(rid, params=[Param(k, v) for k, v in items[i:i + 100]])
+        now = ms(time.time())
+        metrics = [Metric(k, float(v), now, int(row["epoch"])) for row in history for k, v in row.items()
+                   if k != "epoch" and isinstance(v, int | float)]
+        metrics += [Metric(f"final_{split}_{k}", float(v), now, 0) for split, m in final.items() for k, v in m.items()]
+        for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
+            client.log_batch(rid, metrics=metrics[i:i + 1000])
+        for folder, path in artifacts.items():
+            client.log_artifact(rid, path, folder)
+        client.log_dict(rid, dict(config), "resolved_config.json")
+        client.set_terminated(rid, "FINISHED", end_time=ms(end_time or time.time()))
+    except BaseException:
+        client.set_terminated(rid, "FAILED")
+        raise
+    return rid
 
 
 def write_json(path: Path, obj: Any) -> None:

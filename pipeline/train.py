@@ -94,38 +94,36 @@ def dataset_targets(task: str) -> list[str]:
     return names
 
 
-def _select_target(index: int, name: str):
-    """Dataset transform: ``y`` = column ``index`` of ``targets`` (one QM9 model per property)."""
-    def fn(data):
-        value = float(data.targets.reshape(-1)[index])
+class RecordTransform:
+    """Picklable dataset transform (runs may train in worker processes): the tag-0 rewiring if asked, then for
+    QM9 ``y`` = column ``target_index`` of ``targets`` (one model per property)."""
+
+    def __init__(self, rewire: bool = False, target_index: int | None = None, target: str = "energy") -> None:
+        self.rewire, self.target_index, self.target = rewire, target_index, target
+
+    def __call__(self, data):
+        if self.rewire:
+            from faenet.data.dataset import remove_tag0
+
+            data = remove_tag0(data)
+        if self.target_index is None:
+            return data
+        value = float(data.targets.reshape(-1)[self.target_index])
         if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"QM9 record sid={getattr(data, 'sid', '?')}: property {name!r} is {value}; it is "
-                             "not available in this dataset (e.g. alpha without data.qm9.polarizability)")
+            raise ValueError(f"QM9 record sid={getattr(data, 'sid', '?')}: property {self.target!r} is {value}; "
+                             "it is not available in this dataset (e.g. alpha without data.qm9.polarizability)")
         out = data.clone()
         out.y = value
         return out
-    return fn
-
-
-def _compose(*fns):
-    fns = [f for f in fns if f is not None]
-    if not fns:
-        return None
-
-    def fn(data):
-        for f in fns:
-            data = f(data)
-        return data
-    return fn
 
 
 def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_path: Path, curves_path: Path,
              models_dir: Path) -> int:
     import torch
 
-    from faenet.data.dataset import GraphDataset, content_hash, remove_tag0
+    from faenet.data.dataset import content_hash
     from faenet.training import TrainSettings
-    from pipeline.runs import RunSpec, train_or_reuse
+    from pipeline.runs import DataSpec, Job, RunSpec, run_all
     from pipeline.tracking import provenance
 
     prof = params.active
@@ -137,7 +135,6 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
     split_paths = {p.stem: p for p in sorted(data_dir.glob("*.lmdb"))}
     if "train" not in split_paths:
         raise FileNotFoundError(f"{data_dir}/train.lmdb is missing: run `dvc repro fetch` first")
-    rewire = remove_tag0 if tcfg.rewiring == "remove-tag-0" else None
     eval_names = [s for s in EVAL_SPLITS[task] if s in split_paths]
     data_hash = content_hash(data_dir)
     hparams = dict(prof.model_hparams(model_name, task))
@@ -156,13 +153,12 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
                  "dataset_hash": data_hash, "profile": params.profile, "params_hash": params_hash(params),
                  "cell": cell}
     settings_fields = set(TrainSettings.__dataclass_fields__)
-    runs: list[dict[str, Any]] = []
-    curve_rows: list[dict[str, Any]] = []
-    n_params = 0
+    jobs = []
     for target, t_index in targets:
-        transform = _compose(rewire, _select_target(t_index, target) if t_index is not None else None)
-        sets = {name: GraphDataset(split_paths[name], task=task, transform=transform)
-                for name in ["train", *eval_names]}
+        transform = RecordTransform(tcfg.rewiring == "remove-tag-0", t_index, target)
+        if not transform.rewire and t_index is None:
+            transform = None
+        data = DataSpec({name: str(split_paths[name]) for name in ["train", *eval_names]}, task, transform)
         for seed in prof.train.seeds_for(model_name, task):
             settings = TrainSettings(seed=seed, eval_batch_size=prof.train.eval_batch_size,
                                      **{k: v for k, v in tcfg.model_dump().items() if k in settings_fields})
@@ -176,11 +172,11 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
                            rewiring=tcfg.rewiring, run_params=run_params, tags=base_tags,
                            config={"train": tcfg.model_dump(), "model": hparams, "profile": params.profile,
                                    "symmetry": symmetry, "target": target})
-            run = train_or_reuse(spec, sets, eval_names, needs_forces, prof.train.eval_batch_size,
-                                 out_ckpt=models_dir / f"{spec.tag}.pt")
-            runs.append(run)
-            n_params = run["n_params"]
-            curve_rows += [{"seed": seed, "target": target, **h} for h in run["history"]]
+            jobs.append(Job(spec, data, tuple(eval_names), needs_forces, prof.train.eval_batch_size,
+                            str(models_dir / f"{spec.tag}.pt")))
+    runs = run_all(jobs, workers=prof.train.workers, threads=prof.train.threads)
+    n_params = runs[-1]["n_params"]
+    curve_rows = [{"seed": r["seed"], "target": r["target"], **h} for r in runs for h in r["history"]]
     write_json(metrics_path, summarize_cell(params, cell, model_name, task, symmetry, runs, n_params, data_hash,
                                             tcfg.rewiring))
     _write_curves(curves_path, curve_rows)
