@@ -99,12 +99,15 @@ def split_stat(m: dict[str, Any], split: str, key: str, scale: float = 1.0,
 
 def bench_throughput(bench: dict[str, Any] | None, model: str, symmetry: str, graph: str = "full",
                      hparams: str = "profile") -> float | None:
-    """Forward throughput (samples/s) of the benchmark stage for one model / method / graph / hparam set."""
+    """Forward throughput (samples/s) the benchmark stage measured for one model / method on the same-graph
+    protocol (``graph`` "full" or "rewired") at one hparam set; DA infers as the plain model (eval mode)."""
     if not bench:
         return None
-    for r in bench.get("rows", []):
-        if (r.get("hparams"), r.get("model"), r.get("symmetry"), r.get("graph")) == (hparams, model, symmetry, graph):
-            return r.get("samples_per_s")
+    table = bench.get("protocols", {}).get(f"same_graph_{graph}", {}).get(hparams, {})
+    mid = table.get(f"{model}/{symmetry}") or (table.get(f"{model}/none") if symmetry == "da" else None)
+    for m in bench.get("measurements", []):
+        if m.get("id") == mid and m.get("inference"):
+            return m["inference"]["samples_per_s"]
     return None
 
 

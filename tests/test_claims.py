@@ -53,26 +53,35 @@ def test_every_verdict_is_reachable_on_synthetic_metrics():
     assert g["speed-dimenet-paper-protocol"].verdict == NOT_MEASURABLE  # no benchmark metrics
 
 
-def test_speed_claims_read_the_benchmark_rows():
-    rows = [{"hparams": "paper", "model": m, "symmetry": s, "graph": g, "samples_per_s": v}
-            for m, s, g, v in (("faenet", "sfa", "rewired", 100.0), ("faenet", "sfa", "full", 60.0),
-                               ("faenet", "full", "full", 16.0), ("faenet", "none", "full", 62.0),
-                               ("dimenet_pp", "none", "full", 4.0), ("schnet", "none", "full", 120.0),
-                               ("forcenet", "none", "full", 9.0))]
-    c = _by_id(evaluate_claims(_ctx(benchmark={"rows": rows})))
+def _bench(faenet_speedup: float = 1.0) -> dict:
+    """A benchmark.json with the stage's ratio sections (paper hyperparameters)."""
+    f = faenet_speedup
+    inf = {"faenet-sfa/dimenet_pp": {"paper_protocol": 25.0 * f, "same_graph_full": 15.0 * f},
+           "faenet-sfa/schnet": {"paper_protocol": 0.83 * f, "same_graph_full": 0.5 * f},
+           "faenet-sfa/forcenet": {"paper_protocol": 11.1 * f, "same_graph_full": 6.0 * f}}
+    return {"hparam_sets": ["profile", "paper"],
+            "ratios": {"paper": {k: {"inference": v} for k, v in inf.items()}},
+            "s2ef": {"paper": {"forcenet/faenet-sfa": {"epoch_time": {"paper_protocol": 12.0 * f}}}},
+            "symmetry_costs": {"paper": {"full/sfa": {"inference": {"same_graph_full": 3.75}},
+                                         "sfa/none": {"inference": {"same_graph_full": 1.03}}}}}
+
+
+def test_speed_claims_read_the_benchmark_ratios():
+    c = _by_id(evaluate_claims(_ctx(benchmark=_bench())))
     assert c["speed-dimenet-paper-protocol"].ours == pytest.approx(25.0)
     assert c["speed-dimenet-paper-protocol"].verdict == REPRODUCED        # 25 >= 21 / 2
+    assert c["speed-dimenet-paper-protocol"].inputs["hparams"] == "paper"
     assert c["speed-dimenet-same-graph"].ours == pytest.approx(15.0)
     assert c["speed-dimenet-same-graph"].verdict == REPRODUCED
-    assert c["speed-schnet-is2re"].ours == pytest.approx(100 / 120, abs=1e-3)
-    assert c["speed-schnet-is2re"].verdict == REPRODUCED
+    assert c["speed-schnet-is2re"].verdict == REPRODUCED                  # 0.5 <= 0.83 <= 1
     assert c["speed-schnet-same-graph"].verdict == REPRODUCED             # 0.5 >= 0.4
-    assert c["speed-sfa-vs-full-fa"].ours == pytest.approx(3.75) and c["speed-sfa-vs-full-fa"].verdict == REPRODUCED
-    assert c["speed-pca-negligible"].verdict == REPRODUCED                # 60 / 62 >= 0.9
+    assert c["speed-sfa-vs-full-fa"].verdict == REPRODUCED                # 3.75 >= 4 / 2
+    assert c["speed-pca-negligible"].verdict == REPRODUCED                # 1.03 <= 1.1
     assert c["speed-forcenet-is2re"].verdict == REPRODUCED                # 11.1 >= 15.7 / 2
-    slow = [dict(r, samples_per_s=1.0) if r["model"] == "faenet" else r for r in rows]
-    c = _by_id(evaluate_claims(_ctx(benchmark={"rows": slow})))
-    assert c["speed-dimenet-paper-protocol"].verdict == NOT_REPRODUCED
+    assert c["speed-epoch-forcenet-s2ef"].verdict == REPRODUCED           # 12 >= 20 / 2
+    slow = _by_id(evaluate_claims(_ctx(benchmark=_bench(0.1))))
+    assert slow["speed-dimenet-paper-protocol"].verdict == NOT_REPRODUCED
+    assert slow["speed-schnet-is2re"].verdict == NOT_REPRODUCED           # 0.083 < 0.5
 
 
 def test_eq11_relative_improvement_by_hand():
