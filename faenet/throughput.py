@@ -286,3 +286,31 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> dict:
     ss_res = sum((b - (slope * a + intercept)) ** 2 for a, b in zip(lx, ly, strict=True))
     ss_tot = sum((b - my) ** 2 for b in ly)
     return {"exponent": slope, "prefactor": math.exp(intercept), "r2": 1 - ss_res / ss_tot if ss_tot else 1.0}
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_GLIBC_INITIAL_THRESHOLD = 128 * 1024
+_GLIBC_MAX_MMAP_THRESHOLD = 32 * 1024 * 1024  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+
+
+def set_malloc_regime(regime: str) -> bool:
+    """Fix glibc's allocator policy for the rest of the process (Linux/glibc; returns False elsewhere).
+
+    By default glibc adapts its thresholds as blocks are freed, so the cost of large allocations (mmap and
+    page faults, or reuse of freed heap memory) depends on everything allocated before: a model can run twice
+    as fast after another model ran. ``cold``: the initial thresholds made static (blocks >= 128 KiB are
+    mmapped and handed back when freed; every large allocation pays its page faults); ``steady``: mmap only
+    above glibc's maximum threshold (32 MiB) and never trim (freed memory is reused, as a caching allocator
+    or a long-running process does). Freed memory is handed back first (``malloc_trim``).
+    """
+    if regime not in ("cold", "steady"):
+        raise ValueError(f"regime must be 'cold' or 'steady', got {regime!r}")
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    libc.malloc_trim(0)
+    mmap, trim = ((_GLIBC_INITIAL_THRESHOLD, _GLIBC_INITIAL_THRESHOLD) if regime == "cold"
+                  else (_GLIBC_MAX_MMAP_THRESHOLD, 2**31 - 1))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))

@@ -373,6 +373,14 @@ class BenchmarkConfig(Strict):
     train_graphs: PositiveInt = 8
     train_repeats: PositiveInt = 2
     memory: bool = True
+    # process: every (hparam set, model) in a fresh process (allocator state independent of the models before).
+    isolation: Literal["process", "none"] = "process"
+    # glibc allocator policy of the main measurements (faenet.throughput.set_malloc_regime): steady = freed
+    # memory reused (a long-running process, or a caching allocator as on GPUs); default = glibc's adaptive one,
+    # whose state flips during a measurement (SchNet then runs at one speed or half of it).
+    malloc_regime: Literal["steady", "cold", "default"] = "steady"
+    # Allocator-sensitivity block (speed-target pair under two glibc policies): graphs timed.
+    allocator_graphs: PositiveInt = 8
     # S2EF training steps (forces) of FAENet and ForceNet: the paper's epoch-time claim vs ForceNet is S2EF's.
     s2ef_train: bool = True
     # Scaling curve: slabs of n x n x 4 atoms (+ an adsorbate) for each n, at these hparam sets.
