@@ -116,21 +116,25 @@ def _mendeleev_version() -> str:
         return "unknown"
 
 
+#: The table as mendeleev computes it, shipped with the package (``python -m faenet.embedding`` rewrites it):
+#: loading it takes milliseconds where the mendeleev queries take about 1 s in every process that builds a
+#: FAENet. Used only when its mendeleev version and schema match the installed ones (tested to equal a live
+#: computation), else the table is computed.
+PACKAGED_TABLE = Path(__file__).with_name("element_table.npz")
+
+
 @functools.lru_cache(maxsize=4)
 def element_table(cache_path: str | None = None) -> ElementTable:
     """The normalised element table, computed once per process.
 
     ``cache_path``: optional ``.npz`` file. If it exists and was written by the same mendeleev version and
     table schema it is loaded (no mendeleev import); otherwise the table is computed and written there
-    atomically. ``None`` (default) keeps the table in memory only.
+    atomically. Without it, the packaged table (``PACKAGED_TABLE``) is used when it matches.
     """
     version = f"{_SCHEMA_VERSION}:{_mendeleev_version()}:{MAX_ATOMIC_NUMBER}"
-    if cache_path is not None and Path(cache_path).is_file():
-        with np.load(cache_path, allow_pickle=False) as f:
-            if str(f["version"]) == version:
-                names = tuple(str(n) for n in f["names"])
-                return ElementTable(f["properties"], f["period"], f["group"], names)
-    table = _compute_element_table()
+    if cache_path is not None and (table := _load_table(Path(cache_path), version)) is not None:
+        return table
+    table = _load_table(PACKAGED_TABLE, version) or _compute_element_table()
     if cache_path is not None:
         path = Path(cache_path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,8 +142,20 @@ def element_table(cache_path: str | None = None) -> ElementTable:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, properties=table.properties, period=table.period, group=table.group,
                      names=np.array(table.names), version=np.array(version))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     return table
+
+
+def _load_table(path: Path, version: str) -> ElementTable | None:
+    """The table stored at ``path`` if it exists and was written for ``version``, else None."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        if str(f["version"]) != version:
+            return None
+        return ElementTable(f["properties"].copy(), f["period"].copy(), f["group"].copy(),
+                            tuple(str(n) for n in f["names"]))
 
 
 def check_atomic_numbers(z: Tensor) -> None:
@@ -213,3 +229,10 @@ class AtomEmbedding(nn.Module):
         if self.use_pg:
             parts += [self.period_embedding(self.period[z]), self.group_embedding(self.group[z])]
         return torch.cat(parts, dim=-1)
+
+
+if __name__ == "__main__":  # rewrite the packaged table from the installed mendeleev
+    PACKAGED_TABLE.unlink(missing_ok=True)
+    element_table.cache_clear()
+    element_table(str(PACKAGED_TABLE))
+    print(f"wrote {PACKAGED_TABLE}")

@@ -95,3 +95,14 @@ def test_npz_cache_round_trip(tmp_path):
     assert np.array_equal(loaded.properties, first.properties)
     assert np.array_equal(loaded.period, first.period) and np.array_equal(loaded.group, first.group)
     assert np.array_equal(loaded.properties, element_table().properties)
+
+
+def test_packaged_table_equals_a_live_mendeleev_computation():
+    from faenet.embedding import PACKAGED_TABLE, _compute_element_table
+
+    live = _compute_element_table()
+    with np.load(PACKAGED_TABLE, allow_pickle=False) as f:
+        assert tuple(str(n) for n in f["names"]) == live.names
+        np.testing.assert_array_equal(f["properties"], live.properties)
+        np.testing.assert_array_equal(f["period"], live.period)
+        np.testing.assert_array_equal(f["group"], live.group)
