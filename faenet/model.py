@@ -24,9 +24,20 @@ Fixes relative to the official package (``faenet`` 0.1.3), all deliberate:
 Speed: the per-edge product ``W [e_ij || h_j || h_i]`` is split as ``W_e e_ij + (W_j h)_j + (W_i h)_i``:
 the two node terms are computed once per node and gathered per edge, so only ``W_e e_ij`` is a per-edge
 matrix product (``fused=True``, default). ``fused=False`` runs the literal concatenation; both use the
-same parameters and agree to rounding (tested). Without autograd on CPU the per-edge work also runs in
-cache-sized chunks, in place. Measured at Table 7 IS2RE sizes, batches of 32 ~66-atom slabs, 2 threads:
-about 16 samples/s fused vs 6 literal (2.7x).
+same parameters and agree to rounding (tested). Without autograd on CPU (inference):
+
+- Eq. (8) and the edge embedding of Eq. (7) run over cache-sized chunks of edges, in place, into buffers
+  allocated once per call (a fresh tensor per chunk costs page faults whenever glibc hands freed memory back
+  to the OS: index_select 340 us -> 25 us per chunk), and the (E, F) edge features are written in place
+  (no temporaries for the concatenation, biases or activations);
+- the Gaussian RBF skips exp's slow path for arguments whose result is below the smallest normal number
+  (set to 0; most of the 104 Gaussians of an edge are that far from its distance);
+- Full FA (``forward_frames``): the model graph, distances, RBF and atom embedding are computed once for all
+  frames.
+
+Measured (Table 7 IS2RE, 16 OC20-like slabs of ~65 atoms, full graphs, 2 threads, AMD EPYC): FAENet-SFA 20-22
+samples/s against 12 before these changes when glibc maps every large block afresh, 24-25 against 22-23 when
+freed memory is reused; the literal concatenation runs at 6-9 (``pipeline/benchmark.py`` measures all this).
 
 Other choices: every Linear of the embedding, interaction and output blocks is xavier-uniform with zero
 bias (the official code leaves a few at PyTorch's default); force decoders keep PyTorch's default init.

@@ -33,7 +33,8 @@ depends on what was allocated before):
 - training: ``measure_training_step`` (forward, loss, backward, clip, AdamW) on the first ``train_graphs``
   graphs: 1 warm-up pass, median of ``train_repeats``; epoch time = seconds per sample x systems per epoch:
   OC20 IS2RE train (460,328 systems; from the OC20-sized slabs of the protocol) and the embedded IS2RE train
-  split (from a separate training measurement on its own first graphs, as the train stage sees them);
+  split (from a separate training measurement on its first graphs, one batch of the train stage's size, as the
+  train stage sees them);
 - peak memory: ``faenet.throughput.peak_rss_increase`` around the first warm-up pass of each measurement: the
   process RSS high-water mark (reset per measurement through ``/proc/self/clear_refs``, after freed heap is
   handed back with ``malloc_trim``) minus the RSS before it, MiB: what one pass adds on top of the resident
@@ -266,7 +267,8 @@ def run_benchmark(params: Params) -> dict[str, Any]:
     n_slabs = max(j.n_graphs for j in jobs + s2ef)
     slabs = oc20_like_slabs(n_slabs, seed=0, forces=bool(s2ef))
     graphs = {"full": slabs, "rewired": [remove_tag0(g) for g in slabs]}
-    embedded, n_embedded = _embedded_train(b.train_graphs)
+    # The embedded graphs are small (~13 atoms): one training batch of the train stage's size.
+    embedded, n_embedded = _embedded_train(prof.train.for_run("faenet", "is2re").batch_size)
     groups: dict[tuple[str, str], list[Job]] = {}
     for job in jobs + s2ef:
         groups.setdefault((job.hparams, job.model), []).append(job)
