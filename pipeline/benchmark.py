@@ -7,7 +7,7 @@ throughput with graph size; the paper's speed ratios beside ours; the project's 
 Inputs (``faenet.throughput.oc20_like_slabs``, seed 0): OC20-sized slabs, fcc(111)/(100) 4x4x4 of six metals
 + one adsorbate (~66 atoms), 6 Å radius graph with at most 50 neighbours (OC20's), sub-surface = the bottom
 two layers (tag 0); "rewired" = the same slabs with tag-0 atoms and their edges removed (``remove_tag0``).
-Models: every key of ``train_matrix.model`` with its symmetry methods in the matrix (FAENet: also none, sfa,
+Models: every model of ``train_cells`` with its symmetry methods there (FAENet: also none, sfa,
 full), 2D frames (OC20). Hyperparameter sets: ``profile`` (the active profile's ``hparams``) and ``paper``
 (``profiles.paper.hparams``: Table 7 for FAENet, the OCP IS2RE configs for the baselines).
 
@@ -153,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 def methods_of(params: Params, model: str) -> list[str]:
-    """Symmetry methods benchmarked for ``model``: those the train matrix uses for it (FAENet: and FAENET_METHODS)."""
+    """Symmetry methods benchmarked for ``model``: those ``train_cells`` uses for it (FAENet: and FAENET_METHODS)."""
     from pipeline.config import SYMMETRY_METHODS
 
-    used = {m for methods in params.train_matrix.model.get(model, {}).values() for m in methods}
+    used = {m for methods in params.design.get(model, {}).values() for m in methods}
     if model == "faenet":
         used |= set(FAENET_METHODS)
     return [m for m in SYMMETRY_METHODS if m in used]
@@ -181,7 +181,7 @@ def plan(params: Params) -> tuple[list[Job], dict[str, dict[str, dict[str, str]]
         protocols[protocol].setdefault(job.hparams, {})[f"{job.model}/{job.symmetry}"] = job.id
 
     for hp in hparam_sets(params):
-        for model in params.train_matrix.model:
+        for model in params.design:
             cap = b.max_graphs.get(model)
             n_same = min(b.batch_size * b.n_batches, cap or 10**9)
             bs_paper = min(b.paper_batch_sizes.get(model, b.batch_size), b.max_batch_size or 10**9)
@@ -197,7 +197,7 @@ def plan(params: Params) -> tuple[list[Job], dict[str, dict[str, dict[str, str]]
 def s2ef_jobs(params: Params) -> list[Job]:
     """S2EF training steps: FAENet-SFA (paper protocol: rewired; and full) and ForceNet (full)."""
     b = params.active.benchmark
-    if not b.s2ef_train or not {"faenet", "forcenet"} <= set(params.train_matrix.model):
+    if not b.s2ef_train or not {"faenet", "forcenet"} <= set(params.design):
         return []
     out = []
     for hp in hparam_sets(params):
@@ -281,7 +281,7 @@ def run_benchmark(params: Params) -> dict[str, Any]:
         torch.save({"graphs": graphs, "embedded": embedded, "n_embedded": n_embedded}, graphs_path)
         specs = [{"kind": "model", "hparams": hp, "model": model, "jobs": [j.__dict__ for j in group],
                   "protocols": protocols, "graphs_path": str(graphs_path)} for (hp, model), group in groups.items()]
-        if "paper" in hparam_sets(params) and "schnet" in params.train_matrix.model:
+        if "paper" in hparam_sets(params) and "schnet" in params.design:
             specs.append({"kind": "allocator", "graphs_path": str(graphs_path)})
         for spec in tqdm_iter(specs, "benchmark workers"):
             out = (_run_worker(spec, Path(tmp)) if b.isolation == "process" else run_worker(params, spec))

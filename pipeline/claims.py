@@ -157,14 +157,23 @@ def expr_keys(ctx: dict[str, Any], table: str, model: str) -> list[str]:
     return list(e)
 
 
+ABLATION_KEYS = {"mae_meV": ("mae_mev", "average", "mean"), "samples_per_s": ("throughput", "samples_per_s")}
+
+
 def ablation(ctx: dict[str, Any], variant: str, key: str) -> float:
+    """``key`` (``ABLATION_KEYS``: the mean MAE over the val splits, or the forward throughput) of one Table 6
+    variant in ``metrics/ablation.json``."""
     a = ctx.get("ablation")
     if not a:
         raise Missing("metrics/ablation.json is missing (stage ablation)")
-    v = a.get("variants", {}).get(variant, {}).get(key)
+    v: Any = a.get("variants", {}).get(variant)
+    if v is None:
+        raise Missing(f"ablation variant {variant!r} was not run")
+    for k in ABLATION_KEYS[key]:
+        v = v.get(k) if isinstance(v, dict) else None
     if v is None:
         raise Missing(f"ablation variant {variant!r} has no {key}")
-    return float(v["mean"] if isinstance(v, dict) else v)
+    return float(v)
 
 
 def _pm(x: tuple[float, float], digits: int = 4) -> str:
@@ -181,6 +190,11 @@ def _t(table: str, row: str, *keys: str) -> Any:
 def _text(key: str) -> tuple[Any, str]:
     t = load_paper()["text"][key]
     return t["value"], t["where"]
+
+
+def _speed_claim(key: str) -> Any:
+    """The factor the text states for a speed claim (``paper.yaml`` speed_claims, the one source)."""
+    return load_paper()["speed_claims"]["rows"][key]["claim"]
 
 
 
@@ -206,7 +220,7 @@ def _speed(table: str, num: str, den: str, key: str = "infer") -> float:
 @claim("speed-dimenet-paper-protocol", "FAENet is 21x faster than DimeNet++ at inference (IS2RE)",
        "Sec. 5.2.1, Results IS2RE", "ours >= half the paper's factor", PAPER_PROTOCOL)
 def c_infer_dimenet_paper(ctx, c):
-    c.paper = _text("is2re_faenet_vs_dimenet_infer")[0]
+    c.paper = _speed_claim("faenet_vs_dimenet_pp_infer_is2re")
     c.inputs["table9_ratio"] = round(_speed("table9", "faenet", "dimenet_pp"), 2)
     return _ratio(ctx, c, "ratios", "faenet-sfa/dimenet_pp", "inference", "paper_protocol") >= c.paper / 2
 
@@ -214,7 +228,7 @@ def c_infer_dimenet_paper(ctx, c):
 @claim("speed-dimenet-same-graph", "FAENet's 21x inference speed-up over DimeNet++ holds on identical graphs",
        "Sec. 5.2.1, Results IS2RE", "ours >= half the paper's factor", SAME_GRAPH)
 def c_infer_dimenet_same_graph(ctx, c):
-    c.paper = _text("is2re_faenet_vs_dimenet_infer")[0]
+    c.paper = _speed_claim("faenet_vs_dimenet_pp_infer_is2re")
     return _ratio(ctx, c, "ratios", "faenet-sfa/dimenet_pp", "inference", "same_graph_full") >= c.paper / 2
 
 
@@ -245,7 +259,7 @@ def c_infer_forcenet(ctx, c):
        "Sec. 5.2.1, Results S2EF", "ours >= half the paper's factor",
        "benchmark: S2EF training steps (forces), ForceNet / FAENet-SFA time per sample, paper protocol")
 def c_epoch_forcenet(ctx, c):
-    c.paper = _text("s2ef_epoch_time_factor_vs_forcenet")[0]
+    c.paper = _speed_claim("forcenet_vs_faenet_train_s2ef")
     return _ratio(ctx, c, "s2ef", "forcenet/faenet-sfa", "epoch_time", "paper_protocol") >= c.paper / 2
 
 
@@ -253,7 +267,7 @@ def c_epoch_forcenet(ctx, c):
        "Sec. 3.3; Conclusion", "Full-FA / SFA inference time >= half the number of frames (2D: 4 frames)",
        "benchmark, FAENet on the same full-graph slab batches, 2D frames as for OC20")
 def c_sfa_vs_full(ctx, c):
-    c.paper = _text("sfa_speedup_vs_full_fa")[0]
+    c.paper = _speed_claim("full_fa_vs_sfa_cost")
     c.inputs["frames"] = 4
     return _ratio(ctx, c, "symmetry_costs", "full/sfa", "inference", "same_graph_full") >= 4 / 2
 

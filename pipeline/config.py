@@ -7,10 +7,9 @@ arguments taken from these models, never the config object itself.
 Layout of params.yaml:
 
 - ``profile``: the active profile (one key; ``dvc exp run -S profile=smoke``).
-- ``train_matrix``: the experiment design. ``model`` maps each model to the cells it trains,
-  ``{dataset: [symmetry methods]}``; its keys, ``dataset`` and ``symmetry`` are the three axes of the DVC
-  ``train`` matrix (every cell a stage; a cell not listed for its model is recorded as not trained).
-  A new baseline is one file in ``baselines/`` plus one line under ``train_matrix.model``.
+- ``train_cells``: the experiment design, one line per (model, dataset, symmetry method) the paper trains,
+  ``<model>-<dataset>-<symmetry>: {model, dataset, symmetry}``; the DVC ``train`` stage is a ``foreach``
+  over them (stage ``train@<cell>``). A new baseline is one file in ``baselines/`` plus one line here.
 - ``profiles``: scale (data sizes, epochs, hyperparameters) of ``smoke``, ``default`` and ``paper``; a
   profile's ``train.only`` (shell-style patterns over cell names) keeps a subset of the cells.
 """
@@ -405,31 +404,32 @@ class Profile(Strict):
         return spec.for_task(task) if spec is not None else {}
 
 
-class TrainMatrix(Strict):
-    """The DVC ``train`` matrix: ``model`` keys x ``dataset`` x ``symmetry``; ``model`` says what is trained."""
+class TrainCell(Strict):
+    """One designed training run: a stage ``train@<model>-<dataset>-<symmetry>`` of the DVC ``foreach``."""
 
-    model: dict[str, dict[Literal[DATASETS], list[Literal[SYMMETRY_METHODS]]]] = Field(min_length=1)
-    dataset: list[Literal[DATASETS]] = Field(min_length=1)
-    symmetry: list[Literal[SYMMETRY_METHODS]] = Field(min_length=1)
+    model: str = Field(min_length=1)
+    dataset: Literal[DATASETS]
+    symmetry: Literal[SYMMETRY_METHODS]
 
-    @model_validator(mode="after")
-    def _cells_inside_axes(self) -> TrainMatrix:
-        for model, per_task in self.model.items():
-            for task, methods in per_task.items():
-                if task not in self.dataset:
-                    raise ValueError(f"model.{model}.{task}: {task!r} is not in train_matrix.dataset "
-                                     f"{self.dataset}, so DVC never runs it")
-                missing = [m for m in methods if m not in self.symmetry]
-                if missing:
-                    raise ValueError(f"model.{model}.{task}: {missing} not in train_matrix.symmetry "
-                                     f"{self.symmetry}")
-        return self
+
+def _check_cells(cells: dict[str, TrainCell]) -> dict[str, TrainCell]:
+    for name, c in cells.items():
+        want = cell_name(c.model, c.dataset, c.symmetry)
+        if name != want:
+            raise ValueError(f"{name}: a cell is named <model>-<dataset>-<symmetry>; rename it to {want!r} "
+                             "(the DVC stage is train@<name>)")
+    return cells
 
 
 class Params(Strict):
     profile: str
-    train_matrix: TrainMatrix
+    train_cells: Annotated[dict[str, TrainCell], Field(min_length=1)]
     profiles: dict[str, Profile]
+
+    @field_validator("train_cells")
+    @classmethod
+    def _cells_named(cls, v: dict[str, TrainCell]) -> dict[str, TrainCell]:
+        return _check_cells(v)
 
     @field_validator("profiles")
     @classmethod
@@ -448,18 +448,25 @@ class Params(Strict):
     def active(self) -> Profile:
         return self.profiles[self.profile]
 
+    @property
+    def design(self) -> dict[str, dict[str, list[str]]]:
+        """``{model: {dataset: [symmetry methods]}}`` of ``train_cells``, in params order."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for c in self.train_cells.values():
+            out.setdefault(c.model, {}).setdefault(c.dataset, []).append(c.symmetry)
+        return out
+
     def designed_cells(self) -> list[tuple[str, str, str]]:
-        """Every (model, dataset, symmetry) that ``train_matrix.model`` asks to train, in matrix order."""
-        mx = self.train_matrix
-        return [(m, d, s) for m in mx.model for d in mx.dataset for s in mx.symmetry
-                if s in mx.model[m].get(d, [])]
+        """Every (model, dataset, symmetry) of ``train_cells``, in params order."""
+        return [(c.model, c.dataset, c.symmetry) for c in self.train_cells.values()]
 
     def trains(self, model: str, dataset: str, symmetry: str) -> bool:
         """Whether the active profile trains this cell (designed, and matching ``train.only`` if set)."""
-        if symmetry not in self.train_matrix.model.get(model, {}).get(dataset, []):
+        name = cell_name(model, dataset, symmetry)
+        if name not in self.train_cells:
             return False
         only = self.active.train.only
-        return not only or any(fnmatch.fnmatchcase(cell_name(model, dataset, symmetry), p) for p in only)
+        return not only or any(fnmatch.fnmatchcase(name, p) for p in only)
 
     def trained_cells(self) -> list[tuple[str, str, str]]:
         return [c for c in self.designed_cells() if self.trains(*c)]
@@ -482,6 +489,9 @@ def _first_error(err: ValidationError) -> str:
             msg = "unknown key (check spelling; see params.yaml comments for the allowed keys)"
         if isinstance(e.get("input"), bool) and e["type"] == "string_type":
             msg += "; YAML reads NO/YES/ON/OFF as booleans: quote the value, e.g. \"NO\""
+        if e["type"] == "value_error":  # our validators' messages name the bad value themselves
+            parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+            continue
         parts.append(f"{loc}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" else ""))
     return "; ".join(parts)
 
@@ -491,9 +501,9 @@ def _check_models(params: Params) -> None:
     from baselines.registry import available_models, check_hparams  # deferred: imports torch
 
     known = set(available_models())
-    unknown = [m for m in params.train_matrix.model if m not in known]
+    unknown = sorted({m for m in params.design if m not in known})
     if unknown:
-        raise ConfigError(f"train_matrix.model: unknown model(s) {unknown}; registered: {sorted(known)} "
+        raise ConfigError(f"train_cells: unknown model(s) {unknown}; registered: {sorted(known)} "
                           "(a model registers with @register('name') in a file of baselines/)")
     for pname, prof in params.profiles.items():
         for mname, spec in prof.hparams.items():

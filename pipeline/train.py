@@ -1,4 +1,4 @@
-"""Stage `train`: one (model, dataset, symmetry method) cell of the DVC matrix, every seed of the profile.
+"""Stage `train`: one (model, dataset, symmetry method) cell of ``train_cells``, every seed of the profile.
 
     python -m pipeline.train --model faenet --dataset is2re --symmetry sfa
 
@@ -12,7 +12,7 @@ its result in ``work/results/`` and is not repeated (nor logged twice) when DVC 
 unrelated parameter changed. Both are keyed by a digest of everything the run depends on (model,
 hyperparameters, training settings, symmetry method, target, seed and the dataset's content hash).
 
-A cell that ``train_matrix.model`` does not list, or that the profile's ``train.only`` filters out, is
+A cell that ``train_cells`` does not list, or that the profile's ``train.only`` filters out, is
 recorded as not trained (no numbers) before torch is imported.
 """
 
@@ -68,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = ROOT / "models" / cell
     curves_path.parent.mkdir(parents=True, exist_ok=True)
     if not params.trains(args.model, args.dataset, args.symmetry):
-        designed = params.train_matrix.model.get(args.model, {}).get(args.dataset, [])
-        why = (f"train.only of profile '{params.profile}' filters it out" if args.symmetry in designed
-               else f"train_matrix.model.{args.model}.{args.dataset} = {designed} does not list it")
+        why = (f"train.only of profile '{params.profile}' filters it out" if cell in params.train_cells
+               else f"train_cells has no {cell!r}")
         _write_skip(cell, f"not trained: {why}", metrics_path, curves_path, models_dir)
         print(f"{cell}: not trained ({why})")
         return 0

@@ -123,3 +123,22 @@ def test_every_claim_reports_the_paper_value_even_without_measurements():
     for c in evaluate_claims(_ctx()):
         assert c.verdict == NOT_MEASURABLE and c.reason, c.id
         assert c.paper is not None and c.paper != {}, f"{c.id}: paper value missing from pipeline/paper.yaml"
+
+
+def _ablation(mae: dict[str, float], tp: dict[str, float]) -> dict:
+    """metrics/ablation.json in the stage's schema (pipeline/ablation.py summarize)."""
+    return {"variants": {v: {"mae_mev": {"average": {"mean": m, "std": 1.0, "per_seed": [m]}},
+                             "throughput": {"samples_per_s": tp[v]}} for v, m in mae.items()}}
+
+
+def test_ablation_claims_read_the_stage_schema():
+    names = ("FAENet (baseline)", "Only r_ij", "Basic MP")
+    def by_name(*values):
+        return dict(zip(names, values, strict=True))
+    good = _ctx(ablation=_ablation(by_name(500.0, 520.0, 530.0), by_name(10.0, 12.0, 15.0)))
+    bad = _ctx(ablation=_ablation(by_name(540.0, 520.0, 530.0), by_name(10.0, 16.0, 15.0)))
+    g, b = _by_id(evaluate_claims(good)), _by_id(evaluate_claims(bad))
+    for cid in ("ablation-baseline-best-mae", "ablation-rbf-helps", "ablation-basic-mp-fastest"):
+        assert g[cid].verdict == REPRODUCED and b[cid].verdict == NOT_REPRODUCED, cid
+    assert g["ablation-rbf-helps"].ours == {"baseline": 500.0, "only r_ij": 520.0}
+    assert _by_id(evaluate_claims(_ctx()))["ablation-rbf-helps"].verdict == NOT_MEASURABLE

@@ -32,10 +32,12 @@ def test_repository_params_are_valid():
      r"profiles\.smoke\.data\.catalysis\.cutoff: .*greater than 0"),
     (lambda r: r["profiles"]["smoke"]["data"]["qm7x"].update(n_molecules=0), r"qm7x\.n_molecules: .*greater than 0"),
     (lambda r: r["profiles"]["smoke"]["train"]["is2re"].update(epochs="ten"), r"epochs: .*integer"),
-    (lambda r: r["train_matrix"].update(model={}), r"train_matrix\.model: .*at least 1"),
-    (lambda r: r["train_matrix"].update(symmetry=["sfa", "magic"]), r"train_matrix\.symmetry\.1: .*'magic'"),
-    (lambda r: r["train_matrix"]["model"].update(faenet={"is2re": ["sfa"], "oc22": ["sfa"]}),
-     r"train_matrix\.model\.faenet\.oc22"),
+    (lambda r: r.update(train_cells={}), r"train_cells: .*at least 1"),
+    (lambda r: r["train_cells"]["faenet-is2re-sfa"].update(symmetry="magic"),
+     r"train_cells\.faenet-is2re-sfa\.symmetry: .*'sfa'"),
+    (lambda r: r["train_cells"].update({"faenet-oc22-sfa": {"model": "faenet", "dataset": "oc22", "symmetry": "sfa"}}),
+     r"train_cells\.faenet-oc22-sfa\.dataset"),
+    (lambda r: r["train_cells"]["faenet-is2re-sfa"].update(sym="sfa"), r"train_cells\.faenet-is2re-sfa\.sym: unknown"),
     (lambda r: r.update(profile="huge"), r"profile 'huge' is not defined; choose one of"),
     (lambda r: r["profiles"]["smoke"]["data"]["catalysis"].update(metals=["Cu", "Fe"]),
      r"data\.catalysis\.metals\.1: .*'Fe'"),
@@ -50,8 +52,9 @@ def test_invalid_params_fail_naming_the_key(raw, mutate, match):
 
 
 def test_unknown_model_and_hyperparameter_are_rejected(raw):
-    with pytest.raises(ConfigError, match=r"train_matrix\.model: unknown model\(s\) \['nosuchnet'\]"):
-        parse_params(_bad(raw, lambda r: r["train_matrix"]["model"].update(nosuchnet={"is2re": ["none"]})))
+    new = {"nosuchnet-is2re-none": {"model": "nosuchnet", "dataset": "is2re", "symmetry": "none"}}
+    with pytest.raises(ConfigError, match=r"train_cells: unknown model\(s\) \['nosuchnet'\]"):
+        parse_params(_bad(raw, lambda r: r["train_cells"].update(new)))
     bad_hp = _bad(raw, lambda r: r["profiles"]["smoke"]["hparams"]["faenet"]["common"].update(hiden_channels=8))
     with pytest.raises(ConfigError, match=r"profiles\.smoke\.hparams\.faenet.*hiden_channels"):
         parse_params(bad_hp)
@@ -60,12 +63,18 @@ def test_unknown_model_and_hyperparameter_are_rejected(raw):
         parse_params(bad_expr)
 
 
-def test_cells_must_lie_on_the_matrix_axes(raw):
+def test_a_cell_is_named_after_its_model_dataset_and_symmetry(raw):
     def mutate(r):
-        r["train_matrix"]["symmetry"] = ["none", "sfa"]
-        r["train_matrix"]["model"]["faenet"] = {"is2re": ["full"]}
-    with pytest.raises(ConfigError, match=r"model\.faenet\.is2re: \['full'\] not in train_matrix\.symmetry"):
+        r["train_cells"]["faenet-is2re-sfa"]["symmetry"] = "full"
+    with pytest.raises(ConfigError, match=r"train_cells: faenet-is2re-sfa: .*rename it to 'faenet-is2re-full'"):
         parse_params(_bad(raw, mutate), check_models=False)
+
+
+def test_design_view_groups_cells_by_model_and_dataset(raw):
+    p = parse_params(raw, check_models=False)
+    assert p.design["faenet"]["is2re"] == ["none", "sfa", "full", "se3-sfa", "da"]
+    assert p.design["forcenet"] == {"is2re": ["none", "sfa", "da"], "s2ef": ["none"]}
+    assert len(p.designed_cells()) == len(p.train_cells)
 
 
 def test_design_and_profile_filter_decide_which_cells_train(raw):

@@ -70,9 +70,10 @@ def smoke_repo(tmp_path_factory):
     # The user's additions: one file and one params line; nothing else changes.
     (repo / "baselines" / "tinynet.py").write_text(NEW_BASELINE)
     params = (repo / "params.yaml").read_text()
-    anchor = "    schnet: {is2re: [none]"
+    anchor = "  schnet-is2re-none:"
     assert anchor in params
-    params = params.replace(anchor, "    tinynet: {is2re: [none]}\n" + anchor, 1)
+    new_line = "  tinynet-is2re-none: {model: tinynet, dataset: is2re, symmetry: none}\n"
+    params = params.replace(anchor, new_line + anchor, 1)
     (repo / "params.yaml").write_text(params.replace("\nprofile: default\n", "\nprofile: smoke\n", 1))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t",
@@ -125,7 +126,7 @@ def test_new_baseline_is_trained_and_reported(smoke_repo):
     assert m["trained"] and m["splits"]["val_id"]["energy_mae"]["mean"] > 0
     assert "tinynet" in (repo / "reports" / "tables" / "table9.md").read_text()
     bench = json.loads((repo / "metrics" / "benchmark.json").read_text())
-    assert any(r["model"] == "tinynet" for r in bench["rows"])
+    assert any(m["model"] == "tinynet" and m["inference"]["samples_per_s"] > 0 for m in bench["measurements"])
 
 
 def test_mlflow_holds_runs_with_params_metrics_artifacts_and_tags(smoke_repo):
@@ -135,7 +136,7 @@ def test_mlflow_holds_runs_with_params_metrics_artifacts_and_tags(smoke_repo):
         "c = mlflow.tracking.MlflowClient()\n"
         "e = c.get_experiment_by_name('faenet-repro')\n"
         "runs = c.search_runs([e.experiment_id])\n"
-        "r = [x for x in runs if x.data.tags.get('cell') == 'faenet-is2re-sfa'][0]\n"
+        "r = [x for x in runs if x.data.tags.get('dvc_stage') == 'train@faenet-is2re-sfa'][0]\n"
         "arts = [a.path for a in c.list_artifacts(r.info.run_id)]\n"
         "hist = c.get_metric_history(r.info.run_id, 'val_id_energy_mae')\n"
         "print(json.dumps({'n': len(runs), 'params': r.data.params, 'tags': r.data.tags, 'arts': arts,\n"
