@@ -4,6 +4,7 @@ ratios / costs / speed-target logic on synthetic numbers, and the measurement he
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -58,8 +59,9 @@ def test_fit_power_law_recovers_the_exponent():
 def test_peak_rss_increase_sees_an_allocation():
     keep = []
     res = peak_rss_increase(lambda: keep.append(torch.ones(64 * 2**20 // 4)))  # 64 MiB, touched
-    if res["peak_mib"] is None:
-        pytest.skip(res["reason"])
+    if res["peak_mib"] is None and not sys.platform.startswith("linux"):
+        pytest.skip(res["reason"])  # the RSS high-water reset is a Linux kernel interface
+    assert res["peak_mib"] is not None, res.get("reason")
     assert 48 < res["peak_mib"] < 200
 
 

@@ -24,12 +24,7 @@ from faenet.symmetry import SymmetryWrapper, stack_frames
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _slab(seed: int, n: int = 7) -> Data:

@@ -39,12 +39,7 @@ CELLS = [("faenet", "is2re", "full"), ("faenet", "is2re", "none"), ("faenet", "s
          ("faenet", "s2ef", "none")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _slab(seed: int, forces: bool) -> Data:
