@@ -6,8 +6,9 @@ and energy + forces (S2EF, QM7-X).
 - AdamW; cosine or reduce-on-plateau schedulers with linear warm-up; gradient clipping; target
   normalisation (mean/std of the training targets, optionally after per-element least-squares shifts;
   forces scaled by the same std, as OCP does).
-- A checkpoint every epoch (model, optimiser, scheduler, RNG streams, history) written atomically;
-  a killed run resumes from it and reaches the same final metrics as an uninterrupted one, because the
+- A checkpoint every epoch (model, optimiser, scheduler, RNG streams, history) written atomically and loaded
+  weights-only (``faenet.checkpoint``: a corrupt one is set aside for its ``.prev``, a file carrying code is
+  refused); a killed run resumes from it and reaches the same final metrics as an uninterrupted one, because the
   shuffling generator is re-seeded per epoch and evaluation runs in a forked RNG.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +30,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
+
+from faenet.checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 @dataclass(frozen=True)
@@ -218,23 +220,6 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normaliz
     return mae_metrics(predict(model, dataset, batch_size, norm, needs_forces, seed))
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-
-
 @dataclass
 class TrainResult:
     history: list[dict[str, float]]
@@ -276,11 +261,12 @@ def train(
     history: list[dict[str, float]] = []
     epoch_seconds: list[float] = []
     start_epoch, step = 0, 0
-    if checkpoint_path is not None and checkpoint_path.exists():
-        ckpt = torch.load(checkpoint_path, weights_only=False)
-        if ckpt.get("settings_digest") != s.digest():
-            raise ValueError(f"checkpoint {checkpoint_path} was written with other training settings; "
-                             "delete it (or its folder) to start afresh")
+    resumed = resume_checkpoint(checkpoint_path) if checkpoint_path is not None else None
+    if resumed is not None:
+        ckpt, source = resumed
+        if not isinstance(ckpt, dict) or ckpt.get("settings_digest") != s.digest():
+            raise ValueError(f"checkpoint {source} was written with other training settings (or is not a training "
+                             "checkpoint); delete it (or its folder) to start afresh")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         if plateau is not None and ckpt.get("plateau") is not None:
@@ -291,7 +277,7 @@ def train(
         norm = Normalizer(**saved)
         history, epoch_seconds = ckpt["history"], ckpt["epoch_seconds"]
         start_epoch, step = ckpt["epoch"], ckpt["step"]
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
     resumed_from = start_epoch
     val_names = list(val_sets)
     t_start = time.perf_counter()
@@ -335,10 +321,10 @@ def train(
         row["epoch_seconds"] = epoch_seconds[-1]
         history.append(row)
         if checkpoint_path is not None:
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
                           "plateau": plateau.state_dict() if plateau is not None else None,
                           "normalizer": asdict(norm), "history": history, "epoch_seconds": epoch_seconds,
-                          "epoch": epoch + 1, "step": step, "rng": _rng_state(),
+                          "epoch": epoch + 1, "step": step, "rng": rng_state(),
                           "settings_digest": s.digest()}, checkpoint_path)
         if on_epoch is not None:
             on_epoch(epoch, row)

@@ -278,7 +278,7 @@ def run_benchmark(params: Params) -> dict[str, Any]:
     allocator = None
     with tempfile.TemporaryDirectory(prefix="benchmark-") as tmp:
         graphs_path = Path(tmp) / "graphs.pt"
-        torch.save({"graphs": graphs, "embedded": embedded, "n_embedded": n_embedded}, graphs_path)
+        save_graphs(graphs_path, graphs, embedded, n_embedded)
         specs = [{"kind": "model", "hparams": hp, "model": model, "jobs": [j.__dict__ for j in group],
                   "protocols": protocols, "graphs_path": str(graphs_path)} for (hp, model), group in groups.items()]
         if "paper" in hparam_sets(params) and "schnet" in params.design:
@@ -327,6 +327,39 @@ def tqdm_iter(items: list, desc: str):
         yield item
 
 
+def save_graphs(path: Path, graphs: dict[str, list], embedded: list | None, n_embedded: int | None) -> None:
+    """The workers' input file: each PyG ``Data`` as its attribute dict (tensors and plain values), so that
+    :func:`load_graphs` reads it weights-only, never unpickling a class."""
+    from faenet.checkpoint import save_checkpoint
+
+    save_checkpoint({"graphs": {k: [g.to_dict() for g in v] for k, v in graphs.items()},
+                     "embedded": None if embedded is None else [g.to_dict() for g in embedded],
+                     "n_embedded": n_embedded}, path, keep_prev=False)
+
+
+def load_graphs(path: Path) -> dict[str, Any]:
+    """What :func:`save_graphs` wrote, with the ``Data`` objects rebuilt (same attributes, same order).
+
+    A file that would run code raises ``faenet.checkpoint.UnsafeCheckpointError`` naming it."""
+    from torch_geometric.data import Data
+
+    from faenet.checkpoint import load_checkpoint
+
+    def data(d: dict[str, Any]) -> Data:
+        g = Data()
+        for k, v in d.items():
+            g[k] = v
+        return g
+
+    raw = load_checkpoint(path)
+    if not isinstance(raw, dict) or not {"graphs", "embedded", "n_embedded"} <= set(raw):
+        raise ValueError(f"{path}: not a benchmark graphs file (keys graphs, embedded, n_embedded); it is "
+                         "written by run_benchmark in its temporary folder: rerun the benchmark stage")
+    return {"graphs": {k: [data(d) for d in v] for k, v in raw["graphs"].items()},
+            "embedded": None if raw["embedded"] is None else [data(d) for d in raw["embedded"]],
+            "n_embedded": raw["n_embedded"]}
+
+
 def _run_worker(spec: dict[str, Any], tmp: Path) -> dict[str, Any]:
     """``run_worker`` in a fresh ``python -m pipeline.benchmark --worker`` process (same params.yaml)."""
     name = f"{spec['kind']}-{spec.get('hparams', '')}-{spec.get('model', '')}"
@@ -352,7 +385,7 @@ def run_worker(params: Params, spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(b.threads)
     if b.malloc_regime != "default":
         set_malloc_regime(b.malloc_regime)
-    data = torch.load(spec["graphs_path"], weights_only=False)  # our own temporary file
+    data = load_graphs(Path(spec["graphs_path"]))
     gc.freeze()  # later collections (peak_rss_increase) then scan only the objects made by the measurements
     if spec["kind"] == "allocator":
         out: dict[str, Any] = {"kind": "allocator", "allocator": measure_allocator_sensitivity(params, data)}

@@ -6,9 +6,12 @@ Keying: a run is identified by a digest of everything it depends on (model name,
 settings, symmetry method, target, seed, rewiring and the dataset's content hash), under a folder of
 ``work/`` chosen by the stage (the train cell, or ``ablation/<variant>``):
 
-- ``work/ckpt/<folder>/<tag>-<key>.pt``: the checkpoint of an unfinished run (written every epoch, resumed);
+- ``work/ckpt/<folder>/<tag>-<key>.pt``: the checkpoint of an unfinished run (written every epoch, resumed;
+  the one before it kept as ``.pt.prev``);
 - ``work/ckpt/<folder>/<tag>-<key>.final.pt``: the final model state (model, hparams, normaliser, ...);
 - ``work/results/<folder>/<tag>-<key>.json``: the run record (below), written last.
+
+Checkpoints are written atomically and read weights-only (``faenet.checkpoint``): reading one never runs code.
 
 A run whose record and final state both exist is not trained again nor logged again. ``work/`` lies outside
 DVC's outputs (DVC deletes those before a stage runs), so nothing computed is lost.
@@ -111,13 +114,19 @@ def build_wrapped(spec: RunSpec):
 
 
 def load_final(spec: RunSpec):
-    """The trained ``(model, SymmetryWrapper(model))`` of a finished run (its final state)."""
-    import torch
+    """The trained ``(model, SymmetryWrapper(model))`` of a finished run (its final state), loaded weights-only:
+    a file that would run code raises ``faenet.checkpoint.UnsafeCheckpointError`` naming it, a corrupt one
+    ``CorruptCheckpointError`` (delete it: the run is then trained again)."""
+    from faenet.checkpoint import load_checkpoint
 
     if not spec.final_path.exists():
         raise FileNotFoundError(f"{spec.final_path} is missing: the run {spec.name} has not finished")
+    state = load_checkpoint(spec.final_path)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{spec.final_path}: not the final state of a run (no 'model' entry); delete it, the run "
+                         f"{spec.name} is then trained again")
     net, wrapped = build_wrapped(spec)
-    net.load_state_dict(torch.load(spec.final_path, weights_only=False)["model"])
+    net.load_state_dict(state["model"])
     return net, wrapped
 
 
@@ -136,8 +145,7 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
         print(f"{spec.name}: finished earlier (MLflow run {run['run_id']}), reused")
         return run
 
-    import torch
-
+    from faenet.checkpoint import remove_checkpoint, save_checkpoint
     from faenet.training import evaluate, train
     from pipeline.tracking import mlflow_run
 
@@ -162,8 +170,7 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
         state = {"model": net.state_dict(), "model_name": spec.model_name, "hparams": spec.hparams,
                  "symmetry": spec.symmetry, "normalizer": vars(result.normalizer), "seed": spec.seed,
                  "task": spec.task, "target": spec.target, "rewiring": spec.rewiring, "data_hash": spec.data_hash}
-        spec.final_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, spec.final_path)
+        save_checkpoint(state, spec.final_path, keep_prev=False)
         if out_ckpt is not None:
             shutil.copyfile(spec.final_path, out_ckpt)
         run = {"seed": spec.seed, "target": spec.target, "run_id": mlf.info.run_id, "final": final,
@@ -174,8 +181,7 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
         mlflow.log_artifact(str(out_ckpt if out_ckpt is not None else spec.final_path), "checkpoint")
         mlflow.log_artifact(str(spec.result_path), "metrics")
         mlflow.log_dict(spec.config, "resolved_config.json")
-    if spec.ckpt_path.exists():
-        spec.ckpt_path.unlink()  # the .final.pt holds what a rerun needs
+    remove_checkpoint(spec.ckpt_path)  # and its .prev: the .final.pt holds what a rerun needs
     return run
 
 
@@ -210,8 +216,7 @@ def fit(job: Job, on_epoch=None) -> dict[str, Any]:
     MLflow ``run_id``. No MLflow here: ``on_epoch(epoch, row)`` lets an in-process caller log live."""
     import time
 
-    import torch
-
+    from faenet.checkpoint import remove_checkpoint, save_checkpoint
     from faenet.training import evaluate, train
 
     spec, sets = job.spec, job.data.open()
@@ -229,15 +234,13 @@ def fit(job: Job, on_epoch=None) -> dict[str, Any]:
     state = {"model": net.state_dict(), "model_name": spec.model_name, "hparams": spec.hparams,
              "symmetry": spec.symmetry, "normalizer": vars(result.normalizer), "seed": spec.seed,
              "task": spec.task, "target": spec.target, "rewiring": spec.rewiring, "data_hash": spec.data_hash}
-    spec.final_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, spec.final_path)
+    save_checkpoint(state, spec.final_path, keep_prev=False)
     run = {"seed": spec.seed, "target": spec.target, "run_id": None, "final": final,
            "n_params": sum(p.numel() for p in net.parameters()), "train_seconds": result.train_seconds,
            "epoch_seconds": result.epoch_seconds, "started": started, "ended": time.time(),
            "history": [{"epoch": i + 1, **h} for i, h in enumerate(result.history)]}
     write_json(spec.result_path, run)
-    if spec.ckpt_path.exists():
-        spec.ckpt_path.unlink()  # the .final.pt holds what a rerun needs
+    remove_checkpoint(spec.ckpt_path)  # and its .prev: the .final.pt holds what a rerun needs
     return run
 
 

@@ -171,14 +171,22 @@ def _missing(path: Path, cell_meta: Mapping[str, Any], seed: int) -> CheckpointE
 
 def load_checkpoint(path: Path, cell_meta: Mapping[str, Any], seed: int, data_hash: str) -> dict[str, Any]:
     """The train stage's checkpoint of ``cell_meta['cell']`` for ``seed``, checked against the cell."""
-    import torch
+    from faenet.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
+    from faenet.checkpoint import load_checkpoint as load_weights_only
 
     cell = cell_meta["cell"]
     fix = _retrain_hint(cell_meta)
     if not path.is_file():
         raise _missing(path, cell_meta, seed)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_weights_only(path)  # never runs code from the file
+    except UnsafeCheckpointError as err:
+        raise CheckpointError(f"{path}: checkpoint of cell {cell}, seed {seed} is unreadable weights-only "
+                              f"({err.reason}): the train stage did not write it, or it carries a pickled "
+                              f"payload; nothing in it was run. Delete it and {fix}") from None
+    except CorruptCheckpointError as err:
+        raise CheckpointError(f"{path}: checkpoint of cell {cell}, seed {seed} is unreadable, corrupt or "
+                              f"truncated ({err.reason}); {fix}") from None
     except Exception as err:  # torch raises several types for a corrupt/truncated file
         first = (str(err).strip().splitlines() or [""])[0][:200]  # torch's messages run over many lines
         raise CheckpointError(f"{path}: checkpoint of cell {cell}, seed {seed} is unreadable "
