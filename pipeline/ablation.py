@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ROOT, ConfigError, Params, flatten, load_params, params_hash
+from pipeline.config import ROOT, ConfigError, Params, load_params, params_hash
 from pipeline.tables import MISSING, TABLES, fmt_ms, mean_std, paper_row, write_table
 from pipeline.tracking import machine_info, package_versions, write_json
 
@@ -88,15 +88,20 @@ def selected_variants(params: Params) -> list[str]:
     return [v for v in TABLE6_ABLATIONS if not asked or v in asked]
 
 
-def baseline_hparams(params: Params) -> dict[str, Any]:
-    """The baseline row: the paper's IS2RE architecture (``faenet.model.TABLE7["is2re"]``: mp_type "base",
-    complex MP, weighted energy head, concatenated jumping connections, two-layer MLPs, r_ij + RBF edge
-    embedding, 40 neighbours) with the profile's FAENet IS2RE hyperparameters on top (its sizes, and any switch
-    it sets). Without the Table 7 switches several rows would equal the baseline (the constructor's defaults
-    are "updownscale_base", no complex MP, sum pooling)."""
+def resolve_variant(params: Params, row: str | None = None):
+    """The ablation's cell (``pipeline.resolve.ResolvedCell``): FAENet on IS2RE with ``ablation.symmetry``, the
+    paper's IS2RE architecture (``faenet.model.TABLE7["is2re"]``: mp_type "base", complex MP, weighted energy
+    head, concatenated jumping connections, two-layer MLPs, r_ij + RBF edge embedding, 40 neighbours) under
+    the profile's FAENet IS2RE hyperparameters (its sizes, and any switch it sets), then Table 6 row ``row``'s
+    switches (None: the baseline configuration itself); the profile's ``train.is2re`` settings with
+    ``ablation.epochs``; the four val splits. Without the Table 7 switches several rows would equal the
+    baseline (the constructor's defaults are "updownscale_base", no complex MP, sum pooling)."""
     from faenet.model import TABLE7
+    from pipeline.resolve import resolve_cell
 
-    return {**TABLE7["is2re"], **params.active.model_hparams("faenet", "is2re"), "regress_forces": ""}
+    a = params.active.ablation
+    return resolve_cell(params, "faenet", "is2re", a.symmetry, hparam_base=TABLE7["is2re"], table6_row=row,
+                        epochs=a.epochs, eval_splits=VAL_SPLITS)
 
 
 def run_ablation(params: Params, data_dir: Path = DATA, metrics_path: Path = METRICS_PATH,
@@ -106,12 +111,10 @@ def run_ablation(params: Params, data_dir: Path = DATA, metrics_path: Path = MET
     from torch.utils.data import Subset
     from tqdm.auto import tqdm
 
-    from baselines.registry import check_hparams
     from faenet.data.dataset import GraphDataset, content_hash, remove_tag0
-    from faenet.model import TABLE6_ABLATIONS, table6_hparams
-    from faenet.training import TrainSettings
+    from faenet.model import TABLE6_ABLATIONS
+    from pipeline.resolve import resolve_run, run_provenance_tags
     from pipeline.runs import RunSpec, load_final, train_or_reuse
-    from pipeline.tracking import provenance
 
     t0 = time.perf_counter()
     prof, a = params.active, params.active.ablation
@@ -121,59 +124,46 @@ def run_ablation(params: Params, data_dir: Path = DATA, metrics_path: Path = MET
     missing = [s for s in ("train", *VAL_SPLITS) if s not in split_paths]
     if missing:
         raise FileNotFoundError(f"{data_dir} lacks {missing} (.lmdb): run `dvc repro fetch` first")
-    tcfg = prof.train.for_run("faenet", "is2re")
-    if a.epochs is not None:
-        tcfg = tcfg.model_copy(update={"epochs": a.epochs})
-    rewire = remove_tag0 if tcfg.rewiring == "remove-tag-0" else None
+    base = resolve_variant(params)
+    cells = {v: resolve_variant(params, v) for v in variants}
+    tcfg = base.train
+    rewire = remove_tag0 if base.rewiring == "remove-tag-0" else None
     sets: dict[str, Any] = {n: GraphDataset(split_paths[n], task="is2re", transform=rewire)
-                            for n in ("train", *VAL_SPLITS)}
+                            for n in ("train", *base.eval_splits)}
     subset = {}
     if a.max_train_graphs is not None and a.max_train_graphs < len(sets["train"]):
         sets["train"] = Subset(sets["train"], range(a.max_train_graphs))
         subset = {"train_graphs": a.max_train_graphs}
     data_hash = content_hash(data_dir)
-    base = baseline_hparams(params)
-    hparams = {v: table6_hparams(base, v) for v in variants}
-    for v, hp in hparams.items():
-        try:
-            check_hparams("faenet", hp)
-        except ValueError as err:
-            raise ConfigError(f"Table 6 row {v!r} on profiles.{params.profile}.hparams.faenet: {err}") from None
-    fields = set(TrainSettings.__dataclass_fields__)
-    tags = {**{k: v for k, v in provenance().items() if isinstance(v, str)}, "dvc_stage": "ablation",
-            "dataset_hash": data_hash, "profile": params.profile, "params_hash": params_hash(params)}
+    hparams = {v: c.hparams for v, c in cells.items()}
+    prov = run_provenance_tags()
+    tags = {**prov, "dvc_stage": "ablation", "dataset_hash": data_hash, "profile": params.profile,
+            "params_hash": params_hash(params)}  # the throughput run's; resolve_run tags the trainings alike
     specs: dict[str, list[RunSpec]] = {}
     for v in variants:
         slug = variant_slug(v)
-        specs[v] = [RunSpec(
-            model_name="faenet", hparams=hparams[v], symmetry=a.symmetry, task="is2re", seed=seed,
-            settings=TrainSettings(seed=seed, eval_batch_size=prof.train.eval_batch_size,
-                                   **{k: x for k, x in tcfg.model_dump().items() if k in fields}),
-            data_hash=data_hash, folder=f"ablation/{slug}", run_name=f"ablation-{slug}-seed{seed}",
-            rewiring=tcfg.rewiring, extra_key=subset,
-            run_params={**flatten(tcfg.model_dump(), "train."), **flatten(hparams[v], "model."), "model": "faenet",
-                        "dataset": "is2re", "symmetry": a.symmetry, "seed": seed, "profile": params.profile,
-                        "rewiring": tcfg.rewiring, "variant": v, "n_train": len(sets["train"])},
-            tags={**tags, "variant": v},
-            config={"train": tcfg.model_dump(), "model": hparams[v], "profile": params.profile, "variant": v,
-                    "switches": TABLE6_ABLATIONS[v], "symmetry": a.symmetry, "subset": subset})
+        specs[v] = [resolve_run(
+            params, cells[v], seed, data_hash=data_hash, folder=f"ablation/{slug}",
+            run_name=f"ablation-{slug}-seed{seed}", stage="ablation", extra_key=subset,
+            extra_params={"variant": v, "n_train": len(sets["train"])}, extra_tags={"variant": v},
+            extra_config={"variant": v, "switches": TABLE6_ABLATIONS[v], "subset": subset}, provenance_tags=prov)
             for seed in a.seeds]
     runs: dict[str, list[dict[str, Any]]] = {}
     todo = [(v, s) for v in variants for s in specs[v]]
     for v, spec in tqdm(todo, desc="ablation runs", unit="run"):
-        runs.setdefault(v, []).append(train_or_reuse(spec, sets, list(VAL_SPLITS), False,
-                                                     prof.train.eval_batch_size))
+        runs.setdefault(v, []).append(train_or_reuse(spec, sets, list(cells[v].eval_splits), cells[v].needs_forces,
+                                                     cells[v].eval_batch_size))
 
     batches, tp_info = throughput_batches(params, split_paths, rewire)
     models = {v: load_final(specs[v][0])[1] for v in variants}
     torch.manual_seed(0)  # SFA draws frames from the global RNG
     tp = _measure(models, batches, a.throughput_warmup, a.throughput_repeats)
     tp_info.update(warmup=a.throughput_warmup, repeats=a.throughput_repeats, threads=torch.get_num_threads(),
-                   rewiring=tcfg.rewiring, weights=f"trained, seed {a.seeds[0]}",
+                   rewiring=base.rewiring, weights=f"trained, seed {a.seeds[0]}",
                    mode=f"forward only, eval mode, torch.inference_mode, {a.symmetry} wrapper, variants interleaved, "
                         "glibc allocator steady (freed memory reused)")
     tp_run = _log_throughput(variants, tp, tp_info, tags)
-    result = summarize(params, variants, hparams, runs, tp, tp_info, tcfg.model_dump(), base, data_hash,
+    result = summarize(params, variants, hparams, runs, tp, tp_info, tcfg.model_dump(), base.hparams, data_hash,
                        len(sets["train"]))
     result.update(seconds=round(time.perf_counter() - t0, 1), throughput_mlflow_run_id=tp_run,
                   machine=machine_info(), packages=package_versions())

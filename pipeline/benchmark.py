@@ -217,14 +217,12 @@ def _batches(graphs: list, batch_size: int) -> list:
     return [Batch.from_data_list(graphs[i:i + batch_size]) for i in range(0, len(graphs), batch_size)]
 
 
-def _model_hparams(prof: Any, model: str, task: str) -> dict[str, Any]:
-    hp = dict(prof.model_hparams(model, task))
-    if task == "s2ef":
-        tcfg = prof.train.for_run(model, "s2ef")
-        hp["regress_forces"] = tcfg.regress_forces or "direct"
-    else:
-        hp["regress_forces"] = ""
-    return hp
+def _cell(params: Params, hp: str, model: str, task: str = "is2re", symmetry: str = "none"):
+    """The model as the train stage resolves it (``pipeline.resolve``) at hparam set ``hp``: the active
+    profile's (``profile``) or the paper profile's (``paper``) hyperparameters, force mode and settings."""
+    from pipeline.resolve import resolve_cell
+
+    return resolve_cell(params, model, task, symmetry, profile=params.profile if hp == "profile" else hp)
 
 
 def _embedded_train(n: int) -> tuple[list | None, int | None]:
@@ -268,7 +266,7 @@ def run_benchmark(params: Params) -> dict[str, Any]:
     slabs = oc20_like_slabs(n_slabs, seed=0, forces=bool(s2ef))
     graphs = {"full": slabs, "rewired": [remove_tag0(g) for g in slabs]}
     # The embedded graphs are small (~13 atoms): one training batch of the train stage's size.
-    embedded, n_embedded = _embedded_train(prof.train.for_run("faenet", "is2re").batch_size)
+    embedded, n_embedded = _embedded_train(_cell(params, "profile", "faenet").train.batch_size)
     groups: dict[tuple[str, str], list[Job]] = {}
     for job in jobs + s2ef:
         groups.setdefault((job.hparams, job.model), []).append(job)
@@ -411,15 +409,15 @@ def measure_group(params: Params, jobs: list[Job], protocols: dict, data: dict[s
     from faenet.symmetry import SymmetryWrapper
     from faenet.throughput import measure_forward_throughput, measure_training_step
 
-    prof, b = params.active, params.active.benchmark
-    sets = hparam_sets(params)
+    b = params.active.benchmark
     nets: dict[str, Any] = {}
 
     def wrapped(job: Job):
+        cell = _cell(params, job.hparams, job.model, job.task, job.symmetry)
         if job.task not in nets:
             torch.manual_seed(0)
-            nets[job.task] = build_model(job.model, **_model_hparams(sets[job.hparams], job.model, job.task)).eval()
-        return SymmetryWrapper(nets[job.task], job.symmetry, frame_dim=2).eval()
+            nets[job.task] = build_model(job.model, **cell.hparams).eval()
+        return SymmetryWrapper(nets[job.task], job.symmetry, frame_dim=cell.frame_dim).eval()
 
     recs: dict[str, dict[str, Any]] = {}
     for job in jobs:
@@ -443,18 +441,20 @@ def measure_group(params: Params, jobs: list[Job], protocols: dict, data: dict[s
                                      "cpu_utilisation": r["cpu_utilisation"],
                                      "peak_memory_mib": (r.get("peak_memory") or {}).get("peak_mib")}
     embedded, n_embedded = data["embedded"], data["n_embedded"]
-    train_bs = prof.train.for_run("faenet", "is2re").batch_size
+    train_bs = _cell(params, "profile", "faenet").train.batch_size
     for job in jobs:
         g = data["graphs"][job.graph][:job.n_graphs][:b.train_graphs]
-        s2ef = job.task == "s2ef"
-        egc = sets[job.hparams].train.for_run(job.model, "s2ef").energy_grad_coef if s2ef else 0.0
+        cell = _cell(params, job.hparams, job.model, job.task, job.symmetry)
+        s2ef = cell.needs_forces
+        egc = cell.train.energy_grad_coef if s2ef else 0.0
         torch.manual_seed(0)
         tr = measure_training_step(wrapped(job), _batches(g, min(job.batch_size, len(g))), needs_forces=s2ef,
                                    warmup=1, repeats=b.train_repeats, energy_grad_coef=egc, memory=b.memory)
         epoch = {"oc20_is2re": None if s2ef else tr["seconds_per_sample"] * OC20_IS2RE_TRAIN,
                  "embedded_is2re": None}
         if embedded is not None and not s2ef and "same_graph_full" in recs[job.id]["protocols"]:
-            emb = [remove_tag0(x) for x in embedded] if _rewired_in_training(prof, job.model) else embedded
+            rewired = _cell(params, "profile", job.model).rewiring == "remove-tag-0"
+            emb = [remove_tag0(x) for x in embedded] if rewired else embedded
             te = measure_training_step(wrapped(job), _batches(emb, min(train_bs, len(emb))), warmup=1,
                                        repeats=b.train_repeats)
             epoch["embedded_is2re"] = te["seconds_per_sample"] * n_embedded
@@ -463,10 +463,6 @@ def measure_group(params: Params, jobs: list[Job], protocols: dict, data: dict[s
                                     "peak_memory_mib": (tr.get("peak_memory") or {}).get("peak_mib"),
                                     "epoch_seconds": epoch}
     return list(recs.values())
-
-
-def _rewired_in_training(prof: Any, model: str) -> bool:
-    return prof.train.for_run(model, "is2re").rewiring == "remove-tag-0"
 
 
 def measure_scaling(params: Params, hp: str, model: str) -> dict[str, Any]:
@@ -479,9 +475,10 @@ def measure_scaling(params: Params, hp: str, model: str) -> dict[str, Any]:
 
     b = params.active.benchmark
     method = PAPER_ROWS.get(model, "none")
+    cell = _cell(params, hp, model, "is2re", method)
     torch.manual_seed(0)
-    net = build_model(model, **_model_hparams(hparam_sets(params)[hp], model, "is2re")).eval()
-    wrapped = SymmetryWrapper(net, method, frame_dim=2).eval()
+    net = build_model(model, **cell.hparams).eval()
+    wrapped = SymmetryWrapper(net, method, frame_dim=cell.frame_dim).eval()
     points = []
     for n in b.scaling_sizes:
         gs = oc20_like_slabs(b.scaling_batch_size, size=(n, n, 4), seed=0)
@@ -508,17 +505,18 @@ def measure_allocator_sensitivity(params: Params, data: dict[str, Any]) -> dict[
     from faenet.throughput import measure_forward_throughput_interleaved, set_malloc_regime
 
     b = params.active.benchmark
-    paper = hparam_sets(params)["paper"]
     n = min(b.allocator_graphs, len(data["graphs"]["full"]))
     batches = _batches(data["graphs"]["full"][:n], min(b.batch_size, n))
+    fa_cell, sn_cell = _cell(params, "paper", "faenet"), _cell(params, "paper", "schnet")
+    fd = fa_cell.frame_dim
     torch.manual_seed(0)
-    fa = build_model("faenet", **_model_hparams(paper, "faenet", "is2re")).eval()
-    lit = build_model("faenet", **{**_model_hparams(paper, "faenet", "is2re"), "fused": False}).eval()
+    fa = build_model("faenet", **fa_cell.hparams).eval()
+    lit = build_model("faenet", **{**fa_cell.hparams, "fused": False}).eval()
     lit.load_state_dict(fa.state_dict())
     torch.manual_seed(0)
-    sn = build_model("schnet", **_model_hparams(paper, "schnet", "is2re")).eval()
-    models = {"schnet/none": SymmetryWrapper(sn, "none", 2), "faenet/sfa": SymmetryWrapper(fa, "sfa", 2),
-              "faenet/full": SymmetryWrapper(fa, "full", 2), "faenet-literal/sfa": SymmetryWrapper(lit, "sfa", 2)}
+    sn = build_model("schnet", **sn_cell.hparams).eval()
+    models = {"schnet/none": SymmetryWrapper(sn, "none", fd), "faenet/sfa": SymmetryWrapper(fa, "sfa", fd),
+              "faenet/full": SymmetryWrapper(fa, "full", fd), "faenet-literal/sfa": SymmetryWrapper(lit, "sfa", fd)}
     out: dict[str, Any] = {"n_graphs": n, "batch_size": min(b.batch_size, n), "regimes": {}}
     for regime in ("cold", "steady"):
         applied = set_malloc_regime(regime)

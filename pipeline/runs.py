@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import FRAME_DIM, ROOT, digest
+from pipeline.config import ROOT, digest
 from pipeline.tracking import write_json
 
 WORK = ROOT / "work"
@@ -45,7 +45,8 @@ WORK = ROOT / "work"
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What one run trains and where it is filed. ``settings`` is a ``faenet.training.TrainSettings``."""
+    """What one run trains and where it is filed (built by ``pipeline.resolve.resolve_run``). ``settings`` is a
+    ``faenet.training.TrainSettings``."""
 
     model_name: str
     hparams: dict[str, Any]
@@ -58,6 +59,7 @@ class RunSpec:
     target: str = "energy"
     run_name: str = ""  # MLflow run name; default "<folder>-<tag>"
     rewiring: str = "none"
+    frame_dim: int | None = None  # of the symmetry wrapper; set by pipeline.resolve.resolve_run (not in the key)
     run_params: dict[str, Any] = field(default_factory=dict)  # extra MLflow params (n_params is added)
     tags: dict[str, str] = field(default_factory=dict)  # MLflow tags
     config: dict[str, Any] = field(default_factory=dict)  # logged as resolved_config.json
@@ -108,9 +110,12 @@ def build_wrapped(spec: RunSpec):
     from baselines.registry import build_model
     from faenet.symmetry import SymmetryWrapper
 
+    if spec.frame_dim is None:
+        raise ValueError(f"run {spec.name}: RunSpec.frame_dim is unset; build run specs with "
+                         "pipeline.resolve.resolve_run")
     torch.manual_seed(spec.seed)
     net = build_model(spec.model_name, **spec.hparams)
-    return net, SymmetryWrapper(net, spec.symmetry, frame_dim=FRAME_DIM[spec.task])
+    return net, SymmetryWrapper(net, spec.symmetry, frame_dim=spec.frame_dim)
 
 
 def load_final(spec: RunSpec):

@@ -79,7 +79,6 @@ from typing import Any
 
 from pipeline.config import (
     EVAL_SPLITS,
-    FORCE_TASKS,
     FRAME_DIM,
     ROOT,
     ConfigError,
@@ -289,6 +288,8 @@ def excluded(cell: str, patterns: list[str]) -> bool:
 
 
 def _jobs(params: Params, paths: StagePaths) -> list[_Job]:
+    from pipeline.resolve import resolve_cell
+
     cfg = params.active.symmetry
     cells = [c for c in trained_cells(paths.train_metrics, list(cfg.datasets), params.profile)
              if not excluded(c["cell"], cfg.exclude)]
@@ -304,7 +305,7 @@ def _jobs(params: Params, paths: StagePaths) -> list[_Job]:
                                  int(r["seed"]), True, m, r.get("run_id"),
                                  checkpoint_path(paths.models, m["cell"], int(r["seed"]))))
         if cfg.notrain:
-            for seed in params.active.train.seeds:
+            for seed in resolve_cell(params, "faenet", task, "none").seeds:
                 jobs.append(_Job(task, f"faenet-{task}-{NOTRAIN}", f"faenet-{NOTRAIN}", "faenet", "none", seed,
                                  False, {}))
     # Fail before any work if a checkpoint is absent (unreadable ones fail when loaded).
@@ -321,8 +322,10 @@ def _build(job: _Job, params: Params, data: _TaskData):
     from baselines.registry import build_model
     from faenet.symmetry import SymmetryWrapper
     from faenet.symmetry_eval import DenormalizedPredictor
+    from pipeline.resolve import resolve_cell
 
-    frame_dim = FRAME_DIM[job.task]
+    # The trained cells' hparams, symmetry method and rewiring are their checkpoint's; No-Train's are resolved.
+    cell = resolve_cell(params, job.model, job.task, job.symmetry)
     gen = torch.Generator().manual_seed(_derived_seed(params.active.symmetry.seed, job.cell, job.seed))
     if job.trained:
         ckpt = load_checkpoint(job.checkpoint, job.meta, job.seed, data.hash)
@@ -332,17 +335,14 @@ def _build(job: _Job, params: Params, data: _TaskData):
         except RuntimeError as err:
             raise CheckpointError(f"{job.checkpoint}: weights do not fit {ckpt['model_name']} with the stored "
                                   f"hyperparameters ({err}); rerun `dvc repro train@{job.cell}`") from None
-        wrapper = SymmetryWrapper(net, ckpt["symmetry"], frame_dim=frame_dim, generator=gen)
+        wrapper = SymmetryWrapper(net, ckpt["symmetry"], frame_dim=cell.frame_dim, generator=gen)
         return DenormalizedPredictor(wrapper, _normalizer(ckpt["normalizer"])), ckpt["rewiring"], None
-    prof = params.active
-    tcfg = prof.train.for_run("faenet", job.task)
-    hparams = dict(prof.model_hparams("faenet", job.task))
-    hparams["regress_forces"] = tcfg.regress_forces if job.task in FORCE_TASKS else ""
     torch.manual_seed(job.seed)
-    net = build_model("faenet", **hparams)
-    norm = data.notrain_normalizer(tcfg.rewiring, tcfg.normalize_targets, tcfg.element_shift)
-    wrapper = SymmetryWrapper(net, "none", frame_dim=frame_dim, generator=gen)
-    return DenormalizedPredictor(wrapper, norm), tcfg.rewiring, {"mean": norm.mean, "std": norm.std,
+    net = build_model(cell.model, **cell.hparams)
+    tcfg = cell.train
+    norm = data.notrain_normalizer(cell.rewiring, tcfg.normalize_targets, tcfg.element_shift)
+    wrapper = SymmetryWrapper(net, cell.symmetry, frame_dim=cell.frame_dim, generator=gen)
+    return DenormalizedPredictor(wrapper, norm), cell.rewiring, {"mean": norm.mean, "std": norm.std,
                                                                  "element_shift": norm.element_shift is not None}
 
 

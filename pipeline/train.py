@@ -27,16 +27,12 @@ from typing import Any
 
 from pipeline.config import (
     DATASETS,
-    EVAL_SPLITS,
-    FORCE_TASKS,
     ROOT,
     SYMMETRY_METHODS,
     ConfigError,
     Params,
     cell_name,
-    flatten,
     load_params,
-    params_hash,
 )
 from pipeline.tables import mean_std
 from pipeline.tracking import write_json
@@ -121,63 +117,45 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
     import torch
 
     from faenet.data.dataset import content_hash
-    from faenet.training import TrainSettings
-    from pipeline.runs import DataSpec, Job, RunSpec, run_all
-    from pipeline.tracking import provenance
+    from pipeline.resolve import resolve_cell, resolve_run, run_provenance_tags
+    from pipeline.runs import DataSpec, Job, run_all
 
     prof = params.active
-    tcfg = prof.train.for_run(model_name, task)
+    rc = resolve_cell(params, model_name, task, symmetry)
     torch.set_num_threads(prof.train.threads)
-    cell = cell_name(model_name, task, symmetry)
-    needs_forces = task in FORCE_TASKS
+    cell = rc.name
     data_dir = DATA / task
     split_paths = {p.stem: p for p in sorted(data_dir.glob("*.lmdb"))}
     if "train" not in split_paths:
         raise FileNotFoundError(f"{data_dir}/train.lmdb is missing: run `dvc repro fetch` first")
-    eval_names = [s for s in EVAL_SPLITS[task] if s in split_paths]
+    eval_names = [s for s in rc.eval_splits if s in split_paths]
     data_hash = content_hash(data_dir)
-    hparams = dict(prof.model_hparams(model_name, task))
-    hparams["regress_forces"] = tcfg.regress_forces if needs_forces else ""
     if task == "qm9":
         names = dataset_targets(task)
-        unknown = [t for t in tcfg.targets if t not in names]
+        unknown = [t for t in rc.targets if t not in names]
         if unknown:
             raise ConfigError(f"profiles.{params.profile}.train.qm9.targets: {unknown} are not in the dataset; "
                               f"available: {names}")
-        targets = [(t, names.index(t)) for t in tcfg.targets]
+        targets = [(t, names.index(t)) for t in rc.targets]
     else:
-        targets = [("energy", None)]
+        targets = [(t, None) for t in rc.targets]
     models_dir.mkdir(parents=True, exist_ok=True)
-    base_tags = {**{k: v for k, v in provenance().items() if isinstance(v, str)}, "dvc_stage": f"train@{cell}",
-                 "dataset_hash": data_hash, "profile": params.profile, "params_hash": params_hash(params),
-                 "cell": cell}
-    settings_fields = set(TrainSettings.__dataclass_fields__)
+    prov = run_provenance_tags()
     jobs = []
     for target, t_index in targets:
-        transform = RecordTransform(tcfg.rewiring == "remove-tag-0", t_index, target)
+        transform = RecordTransform(rc.rewiring == "remove-tag-0", t_index, target)
         if not transform.rewire and t_index is None:
             transform = None
         data = DataSpec({name: str(split_paths[name]) for name in ["train", *eval_names]}, task, transform)
-        for seed in prof.train.seeds_for(model_name, task):
-            settings = TrainSettings(seed=seed, eval_batch_size=prof.train.eval_batch_size,
-                                     **{k: v for k, v in tcfg.model_dump().items() if k in settings_fields})
-            run_params = {**flatten(tcfg.model_dump(), "train."), **flatten(hparams, "model."),
-                          "model": model_name, "dataset": task, "symmetry": symmetry, "seed": seed,
-                          "target": target, "profile": params.profile, "rewiring": tcfg.rewiring,
-                          **flatten(getattr(prof.data, "catalysis" if task in ("is2re", "s2ef") else task
-                                            ).model_dump(mode="json"), "data.")}
-            spec = RunSpec(model_name=model_name, hparams=hparams, symmetry=symmetry, task=task, seed=seed,
-                           settings=settings, data_hash=data_hash, folder=cell, target=target,
-                           rewiring=tcfg.rewiring, run_params=run_params, tags=base_tags,
-                           config={"train": tcfg.model_dump(), "model": hparams, "profile": params.profile,
-                                   "symmetry": symmetry, "target": target})
-            jobs.append(Job(spec, data, tuple(eval_names), needs_forces, prof.train.eval_batch_size,
+        for seed in rc.seeds:
+            spec = resolve_run(params, rc, seed, target, data_hash=data_hash, provenance_tags=prov)
+            jobs.append(Job(spec, data, tuple(eval_names), rc.needs_forces, rc.eval_batch_size,
                             str(models_dir / f"{spec.tag}.pt")))
     runs = run_all(jobs, workers=prof.train.workers, threads=prof.train.threads)
     n_params = runs[-1]["n_params"]
     curve_rows = [{"seed": r["seed"], "target": r["target"], **h} for r in runs for h in r["history"]]
     write_json(metrics_path, summarize_cell(params, cell, model_name, task, symmetry, runs, n_params, data_hash,
-                                            tcfg.rewiring))
+                                            rc.rewiring))
     _write_curves(curves_path, curve_rows)
     m = json_first_metric(runs, eval_names[0])
     print(f"{cell}: {eval_names[0]} {m}")
@@ -187,6 +165,8 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
 def summarize_cell(params: Params, cell: str, model: str, task: str, symmetry: str, runs: list[dict[str, Any]],
                    n_params: int, data_hash: str, rewiring: str) -> dict[str, Any]:
     """The cell's DVC metric: per split and metric, mean ± std over seeds (and per QM9 target)."""
+    from pipeline.resolve import resolve_cell
+
     per: dict[str, dict[str, list[float]]] = {}
     for r in runs:
         for split, metrics in r["final"].items():
@@ -194,7 +174,7 @@ def summarize_cell(params: Params, cell: str, model: str, task: str, symmetry: s
                 per.setdefault(split, {}).setdefault(k, []).append(v)
     epoch_s = [s for r in runs for s in r["epoch_seconds"]]
     return {"cell": cell, "trained": True, "model": model, "dataset": task, "symmetry": symmetry,
-            "profile": params.profile, "seeds": params.active.train.seeds_for(model, task),
+            "profile": params.profile, "seeds": list(resolve_cell(params, model, task, symmetry).seeds),
             "targets": sorted({r["target"] for r in runs}), "mlflow_run_ids": [r["run_id"] for r in runs],
             "runs": [{"seed": r["seed"], "target": r["target"], "run_id": r["run_id"]} for r in runs],
             "n_params": n_params, "rewiring": rewiring, "dataset_hash": data_hash,
