@@ -81,10 +81,9 @@ from pipeline.config import (
     EVAL_SPLITS,
     FRAME_DIM,
     ROOT,
-    ConfigError,
     Params,
-    load_params,
     params_hash,
+    stage_main,
 )
 from pipeline.symmetry_tables import SPLITS, fmt_stat, ordered_rows, row_label, write_tables
 from pipeline.tables import mean_std
@@ -529,11 +528,10 @@ def run_stage(params: Params, paths: StagePaths, log_run: RunLogger | None = Non
 
 
 def main() -> int:
-    try:
-        params = load_params()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return stage_main(_main)
+
+
+def _main(params: Params) -> int:
     t0 = time.perf_counter()
     try:
         result = run_stage(params, StagePaths.under(ROOT), mlflow_logger(params))
