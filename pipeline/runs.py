@@ -271,6 +271,8 @@ def run_all(jobs: list[Job], workers: int = 1, threads: int = 1) -> list[dict[st
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    from faenet.procs import die_with_parent
+
     records: list[dict[str, Any] | None] = [None] * len(jobs)
     todo = []
     for k, job in enumerate(jobs):
@@ -289,8 +291,8 @@ def run_all(jobs: list[Job], workers: int = 1, threads: int = 1) -> list[dict[st
     else:
         n = min(workers, len(todo))
         print(f"{len(todo)} runs in {n} processes x {max(1, threads // n)} threads", flush=True)
-        with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(max(1, threads // n),)) as pool:
+        with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                                 initargs=(_worker_init, max(1, threads // n))) as pool:
             futures = {k: pool.submit(_fit_in_worker, jobs[k]) for k in todo}
             for k in todo:  # in job order, so MLflow and the metrics see a deterministic order
                 records[k] = _log_finished(jobs[k], futures[k].result())
