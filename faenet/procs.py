@@ -12,10 +12,12 @@ Mechanism: on Linux, ``prctl(PR_SET_PDEATHSIG, SIGKILL)``: the kernel kills the 
 exits, however it exits. Elsewhere (or if prctl fails) a daemon thread polls ``os.getppid()`` and exits
 the worker when it changes (the worker was reparented: its parent is gone).
 
-The parent is the process that created the pool (``fork``, ``spawn``), or the forkserver, which exits with
-that process. Caveat: on Linux the "parent" of PR_SET_PDEATHSIG is the *thread* that started the worker, so
-create the pool and submit to it from a thread that outlives the pool (the main thread, as every pool in
-this project does).
+This holds for the ``fork`` and ``spawn`` start methods, whose workers are children of the process that
+created the pool. A ``forkserver`` worker is a child of the server, which stays alive while its workers
+do; there a thread waits on multiprocessing's parent sentinel (a pipe at EOF once the pool's creator is gone).
+Caveat: on Linux the "parent" of PR_SET_PDEATHSIG is the *thread* that started the worker, so create the
+pool and submit to it from a thread that outlives the pool (the main thread, as every pool in this project
+does).
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ def die_with_parent(initializer: Callable[..., object] | None = None, *initargs:
     parent = multiprocessing.parent_process()
     if parent is not None and parent.pid is not None:
         ref = os.getppid()
-        if ref != parent.pid and not _alive(parent.pid):
-            os._exit(1)  # the pool's creator died before this worker got here: no signal will come
-        # ref != parent.pid while the creator lives: a forkserver worker; the server exits with the creator.
-        if not _set_pdeathsig():
-            _start_watcher(ref)
-        if os.getppid() != ref:  # the parent died before prctl took effect: the signal never comes
-            os._exit(1)
+        if ref == parent.pid:  # fork, spawn
+            if not _set_pdeathsig():
+                _watch(lambda: _wait_reparented(ref))
+            if os.getppid() != ref:  # the parent died before prctl took effect: the signal never comes
+                os._exit(1)
+        elif not _alive(parent.pid):
+            os._exit(1)  # reparented already: the pool's creator died before this worker got here
+        else:
+            # forkserver: the server lives while any of its workers does, so its death signals nothing; watch
+            # the creator through multiprocessing's sentinel pipe instead (at EOF once the creator is gone).
+            _watch(parent.join)
     if initializer is not None:
         initializer(*initargs)
 
@@ -65,10 +71,14 @@ def _set_pdeathsig() -> bool:
         return False
 
 
-def _start_watcher(parent_pid: int) -> None:
+def _wait_reparented(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(POLL_SECONDS)
+
+
+def _watch(wait_for_parent_death: Callable[[], object]) -> None:
     def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(POLL_SECONDS)
+        wait_for_parent_death()
         os._exit(1)  # no cleanup: the parent that would collect this worker's results is gone
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()

@@ -1,9 +1,9 @@
 """Pool workers die with their parent (faenet.procs.die_with_parent).
 
 Each case starts a parent Python process that opens one kind of pool (ProcessPoolExecutor / multiprocessing
-Pool, fork / spawn, and the project's own pools with their task swapped for a slow one that prints its pid),
-waits until every worker runs a task, SIGKILLs the parent and checks that no process it started (workers,
-multiprocessing's resource tracker) is alive 5 s later.
+Pool; fork / spawn / forkserver; the getppid fallback; the project's own pools, their task swapped for a
+slow one that prints its pid), waits until every worker runs a task, SIGKILLs the parent and checks that
+no process it started (workers, forkserver, multiprocessing's resource tracker) is alive 5 s later.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def _descendants(root: int) -> set[int]:
     return out
 
 
-KINDS = ["executor-spawn", "executor-fork", "pool-spawn", "pool-fork", "executor-fork-fallback",
+KINDS = ["executor-spawn", "executor-fork", "pool-spawn", "pool-fork", "pool-forkserver", "executor-fork-fallback",
          "catalysis", "molecules", "runs", "symmetry", "expressivity"]
 
 
