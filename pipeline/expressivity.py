@@ -83,6 +83,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from faenet.procs import die_with_parent
 from pipeline.config import ROOT, ConfigError, ExpressivityConfig, Params, flatten, params_hash, stage_main
 from pipeline.tables import TABLES, mean_std, paper_row
 from pipeline.tracking import provenance, write_json
@@ -313,7 +314,7 @@ def run_experiments(cfg: ExpressivityConfig, experiments: list[Experiment], prog
                 _warm_caches(cfg)
         # The pool exists before the progress bar: tqdm's monitor thread must not be running at fork time.
         by_name = {e.name: e for e in jobs}
-        with mp.get_context(method).Pool(workers, initializer=_init_worker) as pool:
+        with mp.get_context(method).Pool(workers, initializer=die_with_parent, initargs=(_init_worker,)) as pool:
             it = pool.imap_unordered(_job, [(e, cfg) for e in jobs], chunksize=1)
             with tqdm(total=len(jobs), desc=f"expressivity ({workers} workers)", unit="exp",
                       disable=not progress) as bar:

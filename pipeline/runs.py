@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,14 @@ class RunSpec:
         if self.extra_key:  # only when set, so the train stage's keys stay what they were
             parts["extra"] = self.extra_key
         return digest(parts)
+
+    @property
+    def mlflow_tags(self) -> dict[str, str]:
+        """The MLflow run's tags; ``run_key`` (with the run name, its identity) lets a resumed run mark the
+        runs of its killed attempts KILLED (``pipeline.tracking.end_stale_runs``)."""
+        from pipeline.tracking import RUN_KEY_TAG
+
+        return {**self.tags, "target": self.target, RUN_KEY_TAG: self.key}
 
     @property
     def ckpt_path(self) -> Path:
@@ -157,7 +166,7 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
     net, wrapped = build_wrapped(spec)
     n_params = sum(p.numel() for p in net.parameters())
     run_params = {**spec.run_params, "n_params": n_params}
-    with mlflow_run(spec.name, run_params, {**spec.tags, "target": spec.target}) as mlf:
+    with mlflow_run(spec.name, run_params, spec.mlflow_tags) as mlf:
         import mlflow
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
@@ -167,6 +176,8 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
                        checkpoint_path=spec.ckpt_path, on_epoch=on_epoch)
         if result.resumed_from_epoch:
             print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}")
+            for i, row in enumerate(result.history[:result.resumed_from_epoch]):  # the killed attempt's epochs
+                mlflow.log_metrics(row, step=i + 1)
         final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces)
                  for n in eval_names}
         if spec.target != "energy":
@@ -182,10 +193,14 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
                "n_params": n_params, "train_seconds": result.train_seconds,
                "epoch_seconds": result.epoch_seconds,
                "history": [{"epoch": i + 1, **h} for i, h in enumerate(result.history)]}
-        write_json(spec.result_path, run)
         mlflow.log_artifact(str(out_ckpt if out_ckpt is not None else spec.final_path), "checkpoint")
-        mlflow.log_artifact(str(spec.result_path), "metrics")
+        with tempfile.TemporaryDirectory() as tmp:  # the record, as it will be filed
+            write_json(Path(tmp) / spec.result_path.name, run)
+            mlflow.log_artifact(str(Path(tmp) / spec.result_path.name), "metrics")
         mlflow.log_dict(spec.config, "resolved_config.json")
+        # Filed last: a record with a run_id means "done", so a kill before it resumes (and marks this run
+        # KILLED) instead of reusing a run left RUNNING; only the run's end remains after it.
+        write_json(spec.result_path, run)
     remove_checkpoint(spec.ckpt_path)  # and its .prev: the .final.pt holds what a rerun needs
     return run
 
@@ -265,7 +280,7 @@ def _log_finished(job: Job, run: dict[str, Any]) -> dict[str, Any]:
 
     spec = job.spec
     run_id = log_finished_run(
-        spec.name, {**spec.run_params, "n_params": run["n_params"]}, {**spec.tags, "target": spec.target},
+        spec.name, {**spec.run_params, "n_params": run["n_params"]}, spec.mlflow_tags,
         history=run["history"], final=run["final"], artifacts={"checkpoint": str(spec.final_path),
                                                                "metrics": str(spec.result_path)},
         config=spec.config, start_time=run.get("started"), end_time=run.get("ended"))
@@ -278,6 +293,8 @@ def run_all(jobs: list[Job], workers: int = 1, threads: int = 1) -> list[dict[st
     """Run every job (``train_or_reuse`` semantics), ``workers`` at a time; records in job order."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
+
+    from faenet.procs import die_with_parent
 
     records: list[dict[str, Any] | None] = [None] * len(jobs)
     todo = []
@@ -297,8 +314,8 @@ def run_all(jobs: list[Job], workers: int = 1, threads: int = 1) -> list[dict[st
     else:
         n = min(workers, len(todo))
         print(f"{len(todo)} runs in {n} processes x {max(1, threads // n)} threads", flush=True)
-        with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(max(1, threads // n),)) as pool:
+        with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                                 initargs=(_worker_init, max(1, threads // n))) as pool:
             futures = {k: pool.submit(_fit_in_worker, jobs[k]) for k in todo}
             for k in todo:  # in job order, so MLflow and the metrics see a deterministic order
                 records[k] = _log_finished(jobs[k], futures[k].result())

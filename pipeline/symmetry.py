@@ -415,9 +415,11 @@ def _run_all(jobs: list[_Job], params: Params, paths: StagePaths, progress: bool
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        from faenet.procs import die_with_parent
+
         # spawn, not fork: the parent has imported torch, and forking a process with OpenMP state can hang.
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=ctx, initializer=die_with_parent) as pool:
             futures = {pool.submit(run_job, jobs[i], params, paths): i for i in order}
             try:
                 for fut in as_completed(futures):
