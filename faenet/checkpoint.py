@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CheckpointLoadError", "CorruptCheckpointError", "UnsafeCheckpointError", "load_checkpoint",
-           "prev_path", "remove_checkpoint", "resume_checkpoint", "rng_state", "save_checkpoint",
+__all__ = ["CheckpointLoadError", "CorruptCheckpointError", "UnsafeCheckpointError", "link_or_copy",
+           "load_checkpoint", "prev_path", "remove_checkpoint", "resume_checkpoint", "rng_state", "save_checkpoint",
            "set_rng_state"]
 
 
@@ -99,20 +99,32 @@ def save_checkpoint(obj: Any, path: str | os.PathLike, keep_prev: bool = True) -
             f.flush()
             os.fsync(f.fileno())
         if keep_prev and path.exists():
-            # Link (or copy) the current checkpoint to .prev first: `path` itself stays valid throughout.
-            tmp_prev = path.with_name(f".{path.name}.prev-tmp-{os.getpid()}")
-            tmp_prev.unlink(missing_ok=True)
-            try:
-                try:
-                    os.link(path, tmp_prev)
-                except OSError:  # no hard links on this filesystem
-                    shutil.copyfile(path, tmp_prev)
-                    _fsync_file(tmp_prev)
-                os.replace(tmp_prev, prev_path(path))
-            finally:
-                tmp_prev.unlink(missing_ok=True)
+            link_or_copy(path, prev_path(path))  # before the new one takes its place: `path` stays valid throughout
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make ``dst`` the same file as ``src``: a hard link (no second copy on disk), or a copy where the filesystem
+    has none (or ``dst`` is on another one). Atomic: ``dst`` is the old file or the new one, never a partial one;
+    its folder is created. The link shares ``src``'s bytes, so neither may be rewritten in place (every writer
+    here replaces files instead, see :func:`save_checkpoint`)."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: file to link to {dst} is missing")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.link-tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links on this filesystem, or another filesystem
+            shutil.copyfile(src, tmp)
+            _fsync_file(tmp)
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

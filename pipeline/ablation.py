@@ -207,14 +207,11 @@ def _measure(models: dict, batches: list, warmup: int, repeats: int) -> dict[str
 
 
 def _log_throughput(variants: list[str], tp: dict[str, dict], info: dict[str, Any], tags: dict[str, str]) -> str:
-    from pipeline.tracking import mlflow_run
+    from pipeline.tracking import log_finished_run
 
-    with mlflow_run("ablation-throughput", {f"throughput.{k}": v for k, v in info.items()},
-                    {**tags, "kind": "throughput"}) as mlf:
-        import mlflow
-
-        mlflow.log_metrics({f"samples_per_s.{variant_slug(v)}": tp[v]["samples_per_s"] for v in variants})
-        return mlf.info.run_id
+    return log_finished_run("ablation-throughput", {f"throughput.{k}": v for k, v in info.items()},
+                            {**tags, "kind": "throughput"},
+                            metrics={f"samples_per_s.{variant_slug(v)}": tp[v]["samples_per_s"] for v in variants})
 
 
 def _ranking(values: dict[str, float | None], reverse: bool) -> list[str]:

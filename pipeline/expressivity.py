@@ -83,7 +83,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from faenet.procs import die_with_parent
 from pipeline.config import ROOT, ConfigError, ExpressivityConfig, Params, flatten, params_hash, stage_main
 from pipeline.tables import TABLES, mean_std, paper_row
 from pipeline.tracking import provenance, write_json
@@ -258,12 +257,6 @@ def _cost(exp: Experiment) -> float:
     return COST.get(base, 1.0) * COST.get(method, 1.0) * exp.layers
 
 
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # tiny graphs: intra-op threads only add contention between the workers
-
-
 def _job(args: tuple[Experiment, ExpressivityConfig]) -> tuple[str, dict[str, Any]]:
     exp, cfg = args
     return exp.name, run_experiment(exp, cfg)
@@ -290,40 +283,27 @@ def _warm_caches(cfg: ExpressivityConfig) -> None:
 def run_experiments(cfg: ExpressivityConfig, experiments: list[Experiment], progress: bool = True,
                     on_result: Callable[[Experiment, dict[str, Any]], None] | None = None
                     ) -> dict[str, dict[str, Any]]:
-    """``{experiment name: result}`` of every experiment, on ``cfg.workers`` processes (1 = this process).
+    """``{experiment name: result}`` of every experiment, on ``cfg.workers`` processes (1 = this process), each
+    on one torch thread (tiny graphs: intra-op threads only add contention between the workers).
 
     ``on_result(experiment, result)`` is called in this process as each result arrives (MLflow logging then
     overlaps the remaining experiments).
     """
-    from tqdm import tqdm
+    from faenet.procs import run_pool
 
     jobs = sorted(experiments, key=lambda e: (-_cost(e), e.name))
     workers = min(cfg.workers, len(jobs))
+    if workers > 1 and "fork" in mp.get_all_start_methods():
+        with _one_thread():  # forked workers inherit the caches
+            _warm_caches(cfg)
+    by_name = {e.name: e for e in jobs}
     results: dict[str, dict[str, Any]] = {}
-    if workers <= 1:
-        with _one_thread(), tqdm(total=len(jobs), desc="expressivity", unit="exp", disable=not progress) as bar:
-            for exp in jobs:
-                results[exp.name] = run_experiment(exp, cfg)
-                if on_result is not None:
-                    on_result(exp, results[exp.name])
-                bar.update()
-    else:
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        if method == "fork":
-            with _one_thread():
-                _warm_caches(cfg)
-        # The pool exists before the progress bar: tqdm's monitor thread must not be running at fork time.
-        by_name = {e.name: e for e in jobs}
-        with mp.get_context(method).Pool(workers, initializer=die_with_parent, initargs=(_init_worker,)) as pool:
-            it = pool.imap_unordered(_job, [(e, cfg) for e in jobs], chunksize=1)
-            with tqdm(total=len(jobs), desc=f"expressivity ({workers} workers)", unit="exp",
-                      disable=not progress) as bar:
-                for name, res in it:
-                    results[name] = res
-                    if on_result is not None:
-                        on_result(by_name[name], res)
-                    bar.set_postfix_str(name, refresh=False)
-                    bar.update()
+    desc = (f"expressivity ({workers} workers)" if workers > 1 else "expressivity") if progress else None
+    for _, (name, res) in run_pool(_job, [(e, cfg) for e in jobs], workers, threads=1, start_method="fork",
+                                   ordered=False, desc=desc, unit="exp", label=lambda job: job[0].name):
+        results[name] = res
+        if on_result is not None:
+            on_result(by_name[name], res)
     return {e.name: results[e.name] for e in experiments}
 
 
@@ -368,10 +348,7 @@ class MlflowLogger:
         self.seconds = 0.0
 
     def __call__(self, exp: Experiment, r: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
-
-        from pipeline.tracking import mlflow_run
+        from pipeline.tracking import log_finished_run
 
         t0 = time.perf_counter()
         facts = self.facts
@@ -381,16 +358,12 @@ class MlflowLogger:
                   "frame_inputs_match_E3": facts["frames"][exp.pair]["inputs_match"]["E3"],
                   **flatten(self.cfg.model_dump(exclude={"hparams", "models"}), "expressivity."),
                   **flatten(resolved_hparams(self.cfg, exp.model, exp.layers), "model.")}
-        with mlflow_run(f"expressivity-{exp.name}", params, {**self.tags, "table": exp.table}) as run:
-            ts = int(time.time() * 1000)
-            metrics = [Metric(f"acc_{p}", float(v), ts, seed) for p in ("paper", "strict")
-                       for seed, v in enumerate(r[p])]
-            metrics += [Metric("best_epoch", float(v), ts, seed) for seed, v in enumerate(r["best_epoch"])]
-            for p in ("paper", "strict"):
-                s = mean_std(r[p], ddof=0)
-                metrics += [Metric(f"acc_{p}_mean", s["mean"], ts, 0), Metric(f"acc_{p}_std", s["std"], ts, 0)]
-            MlflowClient().log_batch(run.info.run_id, metrics=metrics)
-            self.ids[exp.name] = run.info.run_id
+        per_seed = [{"step": seed, "acc_paper": paper, "acc_strict": strict, "best_epoch": best}
+                    for seed, (paper, strict, best) in enumerate(zip(r["paper"], r["strict"], r["best_epoch"],
+                                                                     strict=True))]
+        summary = {f"acc_{p}_{k}": mean_std(r[p], ddof=0)[k] for p in ("paper", "strict") for k in ("mean", "std")}
+        self.ids[exp.name] = log_finished_run(f"expressivity-{exp.name}", params, {**self.tags, "table": exp.table},
+                                              metrics=summary, history=per_seed)
         self.seconds += time.perf_counter() - t0
 
 

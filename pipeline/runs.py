@@ -8,32 +8,38 @@ settings, symmetry method, target, seed, rewiring and the dataset's content hash
 
 - ``work/ckpt/<folder>/<tag>-<key>.pt``: the checkpoint of an unfinished run (written every epoch, resumed;
   the one before it kept as ``.pt.prev``);
-- ``work/ckpt/<folder>/<tag>-<key>.final.pt``: the final model state (model, hparams, normaliser, ...);
+- ``work/ckpt/<folder>/<tag>-<key>.final.pt``: the final model state (model, hparams, normaliser, ...), the
+  one copy this module writes. The train stage's DVC output ``models/<cell>/<tag>.pt`` is made a hard link to
+  it (a copy where links are not possible; ``faenet.checkpoint.link_or_copy``); DVC then stores it in its cache
+  and checks it out by its ``cache.type`` (by default a reflink or a copy). MLflow holds a pointer to it (path,
+  size, SHA-256; ``checkpoint/checkpoint.json``), not the weights;
 - ``work/results/<folder>/<tag>-<key>.json``: the run record (below), written last.
 
 Checkpoints are written atomically and read weights-only (``faenet.checkpoint``): reading one never runs code.
 
-A run whose record and final state both exist is not trained again nor logged again. ``work/`` lies outside
-DVC's outputs (DVC deletes those before a stage runs), so nothing computed is lost.
+One sequence for every run: :func:`fit` trains, evaluates, writes the final state and the record (no MLflow:
+it may run in a worker process), then :func:`record_run`, in the stage's process, logs the finished run to
+MLflow (params, per-epoch metrics at their epochs and times, artifacts, its real start and end times) and adds
+the ``run_id`` to the record. A run whose record and final state exist is not trained again; one whose record
+has no ``run_id`` (the process was killed between the two) is logged, not retrained (:func:`reused`). A killed
+training leaves no MLflow run behind; a killed logging leaves one RUNNING, marked KILLED when the run is
+logged again. ``work/`` lies outside DVC's outputs (DVC deletes those before a stage runs), so nothing
+computed is lost.
 
 Parallel runs (``run_all`` with ``workers > 1``): independent runs (seeds, QM9 properties) train in spawned
-processes with ``threads // workers`` torch threads each: small models use two cores better as two runs than
-as one run on two threads. Workers never touch MLflow (one SQLite writer); each writes its record without a
-``run_id``, and the parent logs the finished run (params, per-epoch metrics at their epochs, artifacts, its
-real start and end times), then adds the ``run_id``. A record without ``run_id`` (the parent was killed
-between the two) is logged on the next run, not retrained. Results do not depend on the number of workers.
+processes (``faenet.procs.run_pool``) with ``threads // workers`` torch threads each: small models use two
+cores better as two runs than as one run on two threads. Only the parent logs to MLflow (one SQLite writer),
+in job order. Results do not depend on the number of workers.
 
 Run record (``RunRecord`` keys): ``seed``, ``target``, ``run_id`` (MLflow), ``final`` ({split: {metric:
 value}}, eV; QM9 properties as ``<name>_mae``), ``n_params``, ``train_seconds``, ``epoch_seconds`` (list),
-``history`` (per-epoch rows with ``epoch``).
+``history`` (per-epoch rows with ``epoch``), ``started``/``ended`` and ``epoch_ended`` (list; Unix seconds).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,10 +109,6 @@ class RunSpec:
     def result_path(self) -> Path:
         return WORK / "results" / self.folder / f"{self.tag}-{self.key}.json"
 
-    def done(self) -> bool:
-        """Finished and logged: nothing left to do."""
-        return self.trained() and bool(json.loads(self.result_path.read_text()).get("run_id"))
-
     def trained(self) -> bool:
         """Finished (record and final state written), logged to MLflow or not."""
         return self.result_path.exists() and self.final_path.exists()
@@ -144,65 +146,101 @@ def load_final(spec: RunSpec):
     return net, wrapped
 
 
-def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str], needs_forces: bool,
-                   eval_batch_size: int, out_ckpt: Path | None = None) -> dict[str, Any]:
-    """Train the run (resuming its checkpoint) and evaluate it on ``eval_names``, or reuse its record.
+def fit(spec: RunSpec, sets: Mapping[str, Any], eval_names: Sequence[str], needs_forces: bool,
+        eval_batch_size: int, progress: bool = False) -> dict[str, Any]:
+    """Train the run (resuming its checkpoint), evaluate it on ``eval_names``, write its final state, then its
+    record (without an MLflow ``run_id``: :func:`record_run` logs it). The one training sequence of the stages,
+    in this process or in a worker; no MLflow here (workers must not write to the SQLite store).
 
     ``sets`` maps ``"train"`` and every eval split to a dataset; the first eval split is evaluated every epoch
-    (it drives the plateau scheduler). The final state is copied to ``out_ckpt`` when given (a DVC output).
-    Returns the run record (module docstring).
+    (it drives the plateau scheduler). Returns the record (module docstring), with ``started``/``ended`` and
+    ``epoch_ended`` (Unix seconds; None for the epochs of a killed attempt, whose times are not known).
     """
-    if spec.done():
-        run = json.loads(spec.result_path.read_text())
-        if out_ckpt is not None:
-            shutil.copyfile(spec.final_path, out_ckpt)
-        print(f"{spec.name}: finished earlier (MLflow run {run['run_id']}), reused")
-        return run
+    import time
 
     from faenet.checkpoint import remove_checkpoint, save_checkpoint
     from faenet.training import evaluate, train
-    from pipeline.tracking import mlflow_run
 
+    started = time.time()
+    epoch_ended: dict[int, float] = {}
     net, wrapped = build_wrapped(spec)
-    n_params = sum(p.numel() for p in net.parameters())
-    run_params = {**spec.run_params, "n_params": n_params}
-    with mlflow_run(spec.name, run_params, spec.mlflow_tags) as mlf:
-        import mlflow
-
-        def on_epoch(epoch: int, row: dict[str, float]) -> None:
-            mlflow.log_metrics(row, step=epoch + 1)
-
-        result = train(wrapped, sets["train"], {n: sets[n] for n in eval_names[:1]}, spec.settings, needs_forces,
-                       checkpoint_path=spec.ckpt_path, on_epoch=on_epoch)
-        if result.resumed_from_epoch:
-            print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}")
-            for i, row in enumerate(result.history[:result.resumed_from_epoch]):  # the killed attempt's epochs
-                mlflow.log_metrics(row, step=i + 1)
-        final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces)
-                 for n in eval_names}
-        if spec.target != "energy":
-            final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
-        mlflow.log_metrics({f"final_{n}_{k}": v for n, m in final.items() for k, v in m.items()})
-        state = {"model": net.state_dict(), "model_name": spec.model_name, "hparams": spec.hparams,
-                 "symmetry": spec.symmetry, "normalizer": vars(result.normalizer), "seed": spec.seed,
-                 "task": spec.task, "target": spec.target, "rewiring": spec.rewiring, "data_hash": spec.data_hash}
-        save_checkpoint(state, spec.final_path, keep_prev=False)
-        if out_ckpt is not None:
-            shutil.copyfile(spec.final_path, out_ckpt)
-        run = {"seed": spec.seed, "target": spec.target, "run_id": mlf.info.run_id, "final": final,
-               "n_params": n_params, "train_seconds": result.train_seconds,
-               "epoch_seconds": result.epoch_seconds,
-               "history": [{"epoch": i + 1, **h} for i, h in enumerate(result.history)]}
-        mlflow.log_artifact(str(out_ckpt if out_ckpt is not None else spec.final_path), "checkpoint")
-        with tempfile.TemporaryDirectory() as tmp:  # the record, as it will be filed
-            write_json(Path(tmp) / spec.result_path.name, run)
-            mlflow.log_artifact(str(Path(tmp) / spec.result_path.name), "metrics")
-        mlflow.log_dict(spec.config, "resolved_config.json")
-        # Filed last: a record with a run_id means "done", so a kill before it resumes (and marks this run
-        # KILLED) instead of reusing a run left RUNNING; only the run's end remains after it.
-        write_json(spec.result_path, run)
+    result = train(wrapped, sets["train"], {n: sets[n] for n in eval_names[:1]}, spec.settings, needs_forces,
+                   checkpoint_path=spec.ckpt_path, on_epoch=lambda epoch, _: epoch_ended.update({epoch: time.time()}),
+                   progress=progress)
+    if result.resumed_from_epoch:
+        print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}", flush=True)
+    final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces) for n in eval_names}
+    if spec.target != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply
+        final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
+    state = {"model": net.state_dict(), "model_name": spec.model_name, "hparams": spec.hparams,
+             "symmetry": spec.symmetry, "normalizer": vars(result.normalizer), "seed": spec.seed,
+             "task": spec.task, "target": spec.target, "rewiring": spec.rewiring, "data_hash": spec.data_hash}
+    save_checkpoint(state, spec.final_path, keep_prev=False)
+    run = {"seed": spec.seed, "target": spec.target, "run_id": None, "final": final,
+           "n_params": sum(p.numel() for p in net.parameters()), "train_seconds": result.train_seconds,
+           "epoch_seconds": result.epoch_seconds, "started": started, "ended": time.time(),
+           "epoch_ended": [epoch_ended.get(i) for i in range(len(result.history))],
+           "history": [{"epoch": i + 1, **h} for i, h in enumerate(result.history)]}
+    write_json(spec.result_path, run)
     remove_checkpoint(spec.ckpt_path)  # and its .prev: the .final.pt holds what a rerun needs
     return run
+
+
+def record_run(spec: RunSpec, run: dict[str, Any]) -> dict[str, Any]:
+    """Log a finished run (its record from :func:`fit`) to MLflow and file the record with its ``run_id``.
+
+    The run holds the params, every epoch's metrics at its epoch and time (those of a killed attempt at the
+    run's start), ``final_<split>_<metric>``, the record and the resolved config as artifacts, a pointer to the
+    final state (``checkpoint/checkpoint.json``: path, size, SHA-256; not a third copy of the weights: the
+    state lives in ``work/ckpt`` and, for the train stage, in DVC's cache) and the run's real start and end.
+    """
+    from pipeline.tracking import log_finished_run
+
+    times = run.get("epoch_ended") or []
+    history = [{"step": h["epoch"], "time": (times[i] if i < len(times) else None) or run.get("started"),
+                **{k: v for k, v in h.items() if k != "epoch"}} for i, h in enumerate(run["history"])]
+    run_id = log_finished_run(
+        spec.name, {**spec.run_params, "n_params": run["n_params"]}, spec.mlflow_tags, history=history,
+        metrics={f"final_{n}_{k}": v for n, m in run["final"].items() for k, v in m.items()},
+        artifacts={"metrics": spec.result_path},
+        dicts={"resolved_config.json": spec.config, "checkpoint/checkpoint.json": _file_pointer(spec.final_path)},
+        start_time=run.get("started"), end_time=run.get("ended"))
+    run = {**run, "run_id": run_id}
+    # Filed last: a record with a run_id means "done"; a kill before it logs the run again (marking the
+    # half-logged one KILLED), it never trains again.
+    write_json(spec.result_path, run)
+    return run
+
+
+def _file_pointer(path: Path) -> dict[str, Any]:
+    import hashlib
+
+    digest_ = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest_.update(chunk)
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return {"path": str(shown), "bytes": path.stat().st_size, "sha256": digest_.hexdigest()}
+
+
+def reused(spec: RunSpec) -> dict[str, Any] | None:
+    """The record of a run trained earlier (logged to MLflow now if its process died before logging it), or
+    None when it has to be trained."""
+    if not spec.trained():
+        return None
+    run = json.loads(spec.result_path.read_text())
+    if not run.get("run_id"):  # trained, not logged: the process died in between
+        return record_run(spec, run)
+    print(f"{spec.name}: finished earlier (MLflow run {run['run_id']}), reused", flush=True)
+    return run
+
+
+def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: Sequence[str], needs_forces: bool,
+                   eval_batch_size: int) -> dict[str, Any]:
+    """The record of the run: reused, or trained here on the open datasets ``sets`` (:func:`fit`) and logged
+    (:func:`record_run`). For runs whose datasets are built in this process (the ablation's subsets)."""
+    return reused(spec) or record_run(spec, fit(spec, sets, eval_names, needs_forces, eval_batch_size,
+                                                progress=True))
 
 
 @dataclass(frozen=True)
@@ -231,96 +269,38 @@ class Job:
     out_ckpt: str | None = None
 
 
-def fit(job: Job, on_epoch=None) -> dict[str, Any]:
-    """Train and evaluate one run (resuming its checkpoint); write its final state and its record without an
-    MLflow ``run_id``. No MLflow here: ``on_epoch(epoch, row)`` lets an in-process caller log live."""
-    import time
+def _fit_job(job: Job) -> dict[str, Any]:
+    """:func:`fit` of a job, in a worker or in this process (epoch progress bars only in the main process:
+    workers share its terminal)."""
+    import multiprocessing as mp
 
-    from faenet.checkpoint import remove_checkpoint, save_checkpoint
-    from faenet.training import evaluate, train
-
-    spec, sets = job.spec, job.data.open()
-    started = time.time()
-    net, wrapped = build_wrapped(spec)
-    result = train(wrapped, sets["train"], {n: sets[n] for n in job.eval_names[:1]}, spec.settings,
-                   job.needs_forces, checkpoint_path=spec.ckpt_path, on_epoch=on_epoch,
-                   progress=on_epoch is not None)
-    if result.resumed_from_epoch:
-        print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}", flush=True)
-    final = {n: evaluate(wrapped, sets[n], job.eval_batch_size, result.normalizer, job.needs_forces)
-             for n in job.eval_names}
-    if spec.target != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply
-        final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
-    state = {"model": net.state_dict(), "model_name": spec.model_name, "hparams": spec.hparams,
-             "symmetry": spec.symmetry, "normalizer": vars(result.normalizer), "seed": spec.seed,
-             "task": spec.task, "target": spec.target, "rewiring": spec.rewiring, "data_hash": spec.data_hash}
-    save_checkpoint(state, spec.final_path, keep_prev=False)
-    run = {"seed": spec.seed, "target": spec.target, "run_id": None, "final": final,
-           "n_params": sum(p.numel() for p in net.parameters()), "train_seconds": result.train_seconds,
-           "epoch_seconds": result.epoch_seconds, "started": started, "ended": time.time(),
-           "history": [{"epoch": i + 1, **h} for i, h in enumerate(result.history)]}
-    write_json(spec.result_path, run)
-    remove_checkpoint(spec.ckpt_path)  # and its .prev: the .final.pt holds what a rerun needs
-    return run
-
-
-def _worker_init(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _fit_in_worker(job: Job) -> dict[str, Any]:
-    return fit(job)
-
-
-def _log_finished(job: Job, run: dict[str, Any]) -> dict[str, Any]:
-    """Log a finished run to MLflow (with its real start/end times) and add its ``run_id`` to the record."""
-    from pipeline.tracking import log_finished_run
-
-    spec = job.spec
-    run_id = log_finished_run(
-        spec.name, {**spec.run_params, "n_params": run["n_params"]}, spec.mlflow_tags,
-        history=run["history"], final=run["final"], artifacts={"checkpoint": str(spec.final_path),
-                                                               "metrics": str(spec.result_path)},
-        config=spec.config, start_time=run.get("started"), end_time=run.get("ended"))
-    run = {**run, "run_id": run_id}
-    write_json(spec.result_path, run)
-    return run
+    return fit(job.spec, job.data.open(), job.eval_names, job.needs_forces, job.eval_batch_size,
+               progress=mp.parent_process() is None)
 
 
 def run_all(jobs: list[Job], workers: int = 1, threads: int = 1) -> list[dict[str, Any]]:
-    """Run every job (``train_or_reuse`` semantics), ``workers`` at a time; records in job order."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    """The record of every job (reused, or trained and logged), ``workers`` at a time; in job order.
 
-    from faenet.procs import die_with_parent
+    Runs to train go to :func:`faenet.procs.run_pool` (one: in this process, on its torch threads; more: in
+    spawned workers with ``threads // workers`` torch threads each); this process logs each finished run to
+    MLflow in job order.
+    Each final state is then linked to the job's DVC output (``out_ckpt``).
+    """
+    from faenet.checkpoint import link_or_copy
+    from faenet.procs import run_pool
 
-    records: list[dict[str, Any] | None] = [None] * len(jobs)
-    todo = []
-    for k, job in enumerate(jobs):
-        if job.spec.done():
-            records[k] = json.loads(job.spec.result_path.read_text())
-            print(f"{job.spec.name}: finished earlier (MLflow run {records[k]['run_id']}), reused", flush=True)
-        elif job.spec.trained():  # trained, not logged: the parent died in between
-            records[k] = _log_finished(job, json.loads(job.spec.result_path.read_text()))
-        else:
-            todo.append(k)
-    if workers <= 1 or len(todo) <= 1:
-        for k in todo:
-            records[k] = train_or_reuse(jobs[k].spec, jobs[k].data.open(), list(jobs[k].eval_names),
-                                        jobs[k].needs_forces, jobs[k].eval_batch_size,
-                                        Path(jobs[k].out_ckpt) if jobs[k].out_ckpt else None)
-    else:
-        n = min(workers, len(todo))
+    records = [reused(job.spec) for job in jobs]
+    todo = [k for k, r in enumerate(records) if r is None]
+    n = max(1, min(workers, len(todo)))
+    if n > 1:
         print(f"{len(todo)} runs in {n} processes x {max(1, threads // n)} threads", flush=True)
-        with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
-                                 initargs=(_worker_init, max(1, threads // n))) as pool:
-            futures = {k: pool.submit(_fit_in_worker, jobs[k]) for k in todo}
-            for k in todo:  # in job order, so MLflow and the metrics see a deterministic order
-                records[k] = _log_finished(jobs[k], futures[k].result())
-                print(f"{jobs[k].spec.name}: done", flush=True)
+    # One run trains here, on this process's torch threads (the stage set them); workers share ``threads``.
+    for i, run in run_pool(_fit_job, [jobs[k] for k in todo], n, threads=max(1, threads // n) if n > 1 else None):
+        job = jobs[todo[i]]
+        records[todo[i]] = record_run(job.spec, run)
+        if n > 1:
+            print(f"{job.spec.name}: done", flush=True)
     for job in jobs:
         if job.out_ckpt is not None:
-            shutil.copyfile(job.spec.final_path, job.out_ckpt)
+            link_or_copy(job.spec.final_path, job.out_ckpt)
     return [r for r in records if r is not None]

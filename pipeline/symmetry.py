@@ -69,7 +69,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -400,37 +399,16 @@ def _expected_cost(job: _Job, jobs: list[_Job]) -> float:
 
 
 def _run_all(jobs: list[_Job], params: Params, paths: StagePaths, progress: bool):
-    """Yield ``(index, output)`` of every job, in completion order; ``symmetry.workers`` processes."""
-    from tqdm.auto import tqdm
+    """Yield ``(index, output)`` of every job, in completion order, longest first; ``symmetry.workers`` processes."""
+    from functools import partial
 
-    cfg = params.active.symmetry
+    from faenet.procs import run_pool
+
     order = sorted(range(len(jobs)), key=lambda i: -_expected_cost(jobs[i], jobs))
-    bar = tqdm(total=len(jobs), desc="symmetry", unit="model", disable=not progress)
-    if cfg.workers == 1 or len(jobs) < 2:
-        for i in order:
-            bar.set_postfix_str(f"{jobs[i].cell} seed{jobs[i].seed}")
-            yield i, run_job(jobs[i], params, paths)
-            bar.update()
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        from faenet.procs import die_with_parent
-
-        # spawn, not fork: the parent has imported torch, and forking a process with OpenMP state can hang.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=ctx, initializer=die_with_parent) as pool:
-            futures = {pool.submit(run_job, jobs[i], params, paths): i for i in order}
-            try:
-                for fut in as_completed(futures):
-                    i = futures[fut]
-                    bar.set_postfix_str(f"{jobs[i].cell} seed{jobs[i].seed}")
-                    yield i, fut.result()
-                    bar.update()
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
-    bar.close()
+    for k, out in run_pool(partial(run_job, params=params, paths=paths), [jobs[i] for i in order],
+                           params.active.symmetry.workers, ordered=False, desc="symmetry" if progress else None,
+                           unit="model", label=lambda job: f"{job.cell} seed{job.seed}"):
+        yield order[k], out
 
 
 def evaluate_all(params: Params, paths: StagePaths, log_run: RunLogger | None = None,
@@ -505,18 +483,12 @@ def _cell_entry(runs: list[dict[str, Any]], frame_dim: int, paths: StagePaths) -
 
 def mlflow_logger(params: Params) -> RunLogger:
     """A ``RunLogger`` writing one MLflow run per call in the project experiment."""
-    from pipeline.tracking import mlflow_run, provenance
+    from pipeline.tracking import log_finished_run, provenance
 
     base = {**{k: v for k, v in provenance().items() if isinstance(v, str)}, "params_hash": params_hash(params)}
 
     def log(run_name, run_params, tags, metrics, artifacts) -> str:
-        with mlflow_run(run_name, run_params, {**base, **tags}) as run:
-            import mlflow
-
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)})
-            for fname, obj in artifacts.items():
-                mlflow.log_dict(obj, fname)
-            return run.info.run_id
+        return log_finished_run(run_name, run_params, {**base, **tags}, metrics=metrics, dicts=artifacts)
     return log
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,7 @@ RUN_KEY_TAG = "run_key"  # with the run name, a run's identity: a resumed run re
 def end_stale_runs(client: Any, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> list[str]:
     """Mark KILLED the RUNNING runs with ``run_name`` and the ``run_key`` tag of ``tags``; returns their ids.
 
-    A run of a given identity is only ever started by one process at a time (DVC runs one stage at a time, and
+    A run of a given identity is only ever logged by one process at a time (DVC runs one stage at a time, and
     only the parent process logs to MLflow), so a RUNNING one met when the identity starts again is a run
     whose process died (SIGKILL, SIGTERM, the OOM killer, a power cut) before it could end the run.
     Nothing is done without a ``run_key`` tag.
@@ -111,45 +111,37 @@ def _interrupted(err: BaseException) -> bool:
     return isinstance(err, KeyboardInterrupt | SystemExit)
 
 
-@contextmanager
-def mlflow_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[Any]:
-    """Start an MLflow run in the project experiment; yields the active run.
-
-    Earlier RUNNING runs of the same identity (``run_name`` and tag ``run_key``) are marked KILLED first
-    (:func:`end_stale_runs`). The run ends FINISHED, FAILED on an exception, KILLED on KeyboardInterrupt
-    (Ctrl-C, DVC's SIGINT) or SystemExit; a process killed outright leaves it RUNNING until its identity runs
-    again (no signal handler is installed: the process's signal handling stays the caller's).
-    """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    exp_id = _experiment_id()
-    end_stale_runs(MlflowClient(tracking_uri()), exp_id, run_name, tags)
-    mlflow.set_experiment(experiment_id=exp_id)
-    with mlflow.start_run(run_name=run_name, tags=dict(tags)) as run:
-        try:
-            items = _params(params)
-            for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-                mlflow.log_params(dict(items[i:i + 100]))
-            yield run
-        except BaseException as err:
-            if _interrupted(err):  # mlflow's own __exit__ would say FAILED; it skips a run already ended
-                mlflow.end_run("KILLED")
-            raise
+def _loggable(v: Any) -> bool:
+    """A metric value MLflow should hold: a finite number (None, NaN and inf stay in the stages' JSON only)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def log_finished_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str, str], *,
-                     history: list[Mapping[str, Any]], final: Mapping[str, Mapping[str, float]],
-                     artifacts: Mapping[str, str], config: Mapping[str, Any], start_time: float | None = None,
+                     metrics: Mapping[str, Any] | None = None, history: Sequence[Mapping[str, Any]] = (),
+                     artifacts: Mapping[str, str | os.PathLike] | None = None,
+                     dicts: Mapping[str, Any] | None = None, start_time: float | None = None,
                      end_time: float | None = None) -> str:
-    """Log a run that finished elsewhere (a worker process): params, per-epoch metrics at their epochs
-    (``history`` rows with ``epoch``), ``final_<split>_<metric>``, artifacts ``{folder: path}``, the resolved
-    config, and its real start/end times (Unix seconds). Returns the run id. Earlier RUNNING runs of the same
-    identity are marked KILLED first (:func:`end_stale_runs`)."""
+    """Log one finished unit of work as one MLflow run in the project experiment; returns the run id.
+
+    The stages' one way to MLflow: they compute first, then log what they computed. The run holds
+
+    - ``params`` (values as strings, cut to 500 characters) and ``tags`` (with MLflow's own: user, source);
+    - ``metrics`` ``{name: value}`` at step 0, and ``history`` rows ``{"step": int, "time": Unix seconds or None,
+      name: value, ...}`` (per-epoch or per-seed values at their steps, stamped with their own time when given);
+      values that are not finite numbers are skipped;
+    - ``artifacts`` ``{folder: file path}`` (copied into the run) and ``dicts`` ``{file name: JSON object}``;
+    - its real ``start_time`` and ``end_time`` (Unix seconds; default now): metrics without a time of their own
+      are stamped ``end_time``.
+
+    Earlier RUNNING runs of the same identity (``run_name`` and tag ``run_key``) are marked KILLED first
+    (:func:`end_stale_runs`). An exception while logging ends the run FAILED, KeyboardInterrupt or SystemExit
+    KILLED; a process killed outright leaves it RUNNING until its identity is logged again.
+    """
     import time
 
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
+    from mlflow.tracking.context.registry import resolve_tags
 
     def ms(t: float) -> int:
         return int(t * 1000)
@@ -157,23 +149,24 @@ def log_finished_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str
     client = MlflowClient(tracking_uri())
     exp_id = _experiment_id()
     end_stale_runs(client, exp_id, run_name, tags)
-    run = client.create_run(exp_id, start_time=ms(start_time or time.time()), tags=dict(tags),
+    run = client.create_run(exp_id, start_time=ms(start_time or time.time()), tags=resolve_tags(dict(tags)),
                             run_name=run_name)
     rid = run.info.run_id
     try:
         items = _params(params)
-        for i in range(0, len(items), 100):
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             client.log_batch(rid, params=[Param(k, v) for k, v in items[i:i + 100]])
-        now = ms(time.time())
-        metrics = [Metric(k, float(v), now, int(row["epoch"])) for row in history for k, v in row.items()
-                   if k != "epoch" and isinstance(v, int | float)]
-        metrics += [Metric(f"final_{split}_{k}", float(v), now, 0) for split, m in final.items() for k, v in m.items()]
-        for i in range(0, len(metrics), 1000):  # MLflow caps a batch at 1000 metrics
-            client.log_batch(rid, metrics=metrics[i:i + 1000])
-        for folder, path in artifacts.items():
-            client.log_artifact(rid, path, folder)
-        client.log_dict(rid, dict(config), "resolved_config.json")
-        client.set_terminated(rid, "FINISHED", end_time=ms(end_time or time.time()))
+        end = ms(end_time or time.time())
+        logged = [Metric(k, float(v), ms(row["time"]) if row.get("time") else end, int(row["step"]))
+                  for row in history for k, v in row.items() if k not in ("step", "time") and _loggable(v)]
+        logged += [Metric(k, float(v), end, 0) for k, v in (metrics or {}).items() if _loggable(v)]
+        for i in range(0, len(logged), 1000):  # MLflow caps a batch at 1000 metrics
+            client.log_batch(rid, metrics=logged[i:i + 1000])
+        for folder, path in (artifacts or {}).items():
+            client.log_artifact(rid, str(path), folder)
+        for name, obj in (dicts or {}).items():
+            client.log_dict(rid, obj, name)
+        client.set_terminated(rid, "FINISHED", end_time=end)
     except BaseException as err:
         client.set_terminated(rid, "KILLED" if _interrupted(err) else "FAILED")
         raise

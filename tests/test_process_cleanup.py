@@ -1,9 +1,10 @@
 """Pool workers die with their parent (faenet.procs.die_with_parent).
 
 Each case starts a parent Python process that opens one kind of pool (ProcessPoolExecutor / multiprocessing
-Pool; fork / spawn / forkserver; the getppid fallback; the project's own pools, their task swapped for a
-slow one that prints its pid), waits until every worker runs a task, SIGKILLs the parent and checks that
-no process it started (workers, forkserver, multiprocessing's resource tracker) is alive 5 s later.
+Pool; fork / spawn / forkserver; the getppid fallback; faenet.procs.run_pool; the project's pools, which all
+go through run_pool, their task swapped for a slow one that prints its pid), waits until every worker runs a
+task, SIGKILLs the parent and checks that no process it started (workers, forkserver, multiprocessing's
+resource tracker) is alive 5 s later.
 """
 
 from __future__ import annotations
@@ -50,9 +51,6 @@ PARENT = textwrap.dedent('''
 
 
     class StubSpec:
-        def done(self):
-            return False
-
         def trained(self):
             return False
 
@@ -77,31 +75,33 @@ PARENT = textwrap.dedent('''
             ctx = mp.get_context(kind.split("-")[1])
             with ctx.Pool(n, initializer=die_with_parent, initargs=(mark, "ok")) as pool:
                 list(pool.imap(slow, range(n), chunksize=1))
-        elif kind == "catalysis":  # fork ProcessPoolExecutor
+        elif kind == "catalysis":  # run_pool (fork, always a pool)
             import faenet.data.catalysis as m
             m._run_and_cache = slow
             m.gas_references = m.emt_lattice_constant = lambda *a: None  # seconds of EMT, not under test
             m.generate_catalysis(tmp, n_systems={"train": n}, metals=["Cu"], facets=["111"], adsorbates=["H"],
                                  ood_metals=[], ood_adsorbates=[], workers=n, progress=False, summary_path=None)
-        elif kind == "molecules":  # spawn multiprocessing Pool
+        elif kind == "molecules":  # run_pool (spawn, always a pool)
             import faenet.data.molecules as m
             m._run_task = slow
             m._versions = lambda: {}
             m.label_molecules([{"kind": "stub", "i": i} for i in range(n)], workers=n, cache_dir=Path(tmp),
                               progress=False)
-        elif kind == "runs":  # spawn ProcessPoolExecutor, pipeline.runs.run_all
+        elif kind.startswith("procs-"):  # faenet.procs.run_pool, the pool every stage uses
+            from faenet.procs import run_pool
+            list(run_pool(slow, range(n), n, initializer=mark, initargs=("ok",), start_method=kind.split("-")[1]))
+        elif kind == "runs":  # run_pool (spawn), pipeline.runs.run_all; its workers import torch (threads=1)
             import pipeline.runs as m
-            m._fit_in_worker = slow
-            m._worker_init = mark  # the real one imports torch in each spawned worker (seconds)
+            m._fit_job = slow
             m.run_all([SimpleNamespace(spec=StubSpec()) for _ in range(n)], workers=n, threads=n)
-        elif kind == "symmetry":  # spawn ProcessPoolExecutor, pipeline.symmetry._run_all
+        elif kind == "symmetry":  # run_pool (spawn, completion order), pipeline.symmetry._run_all
             import pipeline.symmetry as m
             m.run_job = slow
             m._expected_cost = lambda job, jobs: 0.0
             params = SimpleNamespace(active=SimpleNamespace(symmetry=SimpleNamespace(workers=n)))
             jobs = [SimpleNamespace(cell="c", seed=i) for i in range(n)]
             list(m._run_all(jobs, params, None, False))
-        elif kind == "expressivity":  # fork multiprocessing Pool, pipeline.expressivity.run_experiments
+        elif kind == "expressivity":  # run_pool (fork), pipeline.expressivity.run_experiments
             import pipeline.expressivity as m
             m._job = slow
             m._cost = lambda exp: 0.0
@@ -148,7 +148,7 @@ def _descendants(root: int) -> set[int]:
 
 
 KINDS = ["executor-spawn", "executor-fork", "pool-spawn", "pool-fork", "pool-forkserver", "executor-fork-fallback",
-         "catalysis", "molecules", "runs", "symmetry", "expressivity"]
+         "procs-spawn", "procs-fork", "catalysis", "molecules", "runs", "symmetry", "expressivity"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -177,7 +177,7 @@ def test_workers_die_with_their_killed_parent(kind, tmp_path):
             if line.startswith("WORKER "):
                 pid, init = line.split()[1:3]
                 workers.append(int(pid))
-                if kind.startswith(("executor", "pool")):
+                if kind.startswith(("executor", "pool", "procs")):
                     assert init == "init=ok", f"the wrapped initializer did not run in worker {pid}"
         assert len(workers) == N_WORKERS, f"parent ({kind}) exited before its workers ran:\n{''.join(lines)}"
         procs = _descendants(proc.pid)

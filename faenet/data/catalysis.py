@@ -35,12 +35,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing as mp
 import os
 import statistics
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -53,7 +51,7 @@ from torch_geometric.data import Data
 from faenet.data.records import TAG_ADSORBATE, TAG_SUBSURFACE, TAG_SURFACE, validate_record
 from faenet.data.store import dumps, loads, write_lmdb
 from faenet.graph import radius_graph
-from faenet.procs import die_with_parent
+from faenet.procs import run_pool, starred
 
 EMT_METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 FACETS = ("111", "100", "110")
@@ -388,10 +386,6 @@ def _run_and_cache(spec: SystemSpec, p: PhysicsParams, path: str) -> dict[str, A
     return result["meta"]
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)  # one process per core; EMT and the small graphs gain nothing from threads
-
-
 def _load_cached(path: Path) -> dict[str, Any] | None:
     try:
         return loads(path.read_bytes(), str(path))
@@ -481,15 +475,12 @@ def generate_catalysis(
     for m in metals:
         emt_lattice_constant(m)
     if todo:
-        from tqdm.auto import tqdm
-
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(max_workers=min(int(workers), len(todo)), mp_context=mp.get_context(method),
-                                 initializer=die_with_parent, initargs=(_init_worker,)) as ex:
-            futures = [ex.submit(_run_and_cache, s, p, str(path)) for s, path in todo]
-            for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress,
-                            desc="EMT relaxations", unit="system"):
-                fut.result()
+        # One process per core (EMT and the small graphs gain nothing from threads); forked: the workers
+        # inherit the caches computed above.
+        for _ in run_pool(starred(_run_and_cache), [(s, p, str(path)) for s, path in todo], int(workers), threads=1,
+                          start_method="fork", ordered=False, inline=False,
+                          desc="EMT relaxations" if progress else None, unit="system"):
+            pass
         for s, path in todo:
             r = _load_cached(path)
             if r is None:

@@ -40,7 +40,6 @@ import hashlib
 import importlib.metadata
 import json
 import math
-import multiprocessing
 import os
 import time
 import zipfile
@@ -52,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from faenet.procs import die_with_parent
+from faenet.procs import run_pool
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
@@ -328,7 +327,6 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def label_molecules(tasks: Sequence[dict[str, Any]], *, workers: int, cache_dir: Path,
                     progress: bool = True) -> list[dict[str, np.ndarray]]:
     """Label ``tasks`` in order with ``workers`` spawned processes, reusing/writing ``cache_dir``."""
-    from tqdm.auto import tqdm
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -343,15 +341,12 @@ def label_molecules(tasks: Sequence[dict[str, Any]], *, workers: int, cache_dir:
             except (OSError, ValueError, zipfile.BadZipFile):  # unreadable cache entry: recompute it
                 p.unlink()
     todo = [i for i, r in enumerate(results) if r is None]
-    if todo:
-        ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up is unsafe
-        with ctx.Pool(min(workers, len(todo)), initializer=die_with_parent, initargs=(_init_worker,)) as pool:
-            it = pool.imap(_run_task, [tasks[i] for i in todo], chunksize=1)
-            bar = tqdm(it, total=len(todo), desc=f"GFN2-xTB labels ({tasks[0]['kind']})",
-                       disable=not progress)
-            for i, out in zip(todo, bar, strict=True):
-                _save_npz(paths[i], out)
-                results[i] = out
+    # Spawned (fork after torch/OpenMP start-up is unsafe), always in workers: _init_worker fixes tblite's threads.
+    desc = f"GFN2-xTB labels ({tasks[0]['kind']})" if progress and todo else None
+    for k, out in run_pool(_run_task, [tasks[i] for i in todo], workers, initializer=_init_worker, inline=False,
+                           desc=desc, unit="it"):
+        _save_npz(paths[todo[k]], out)
+        results[todo[k]] = out
     return results  # type: ignore[return-value]
 
 
