@@ -265,3 +265,18 @@ def test_rng_state_round_trips_weights_only(tmp_path):
     torch.manual_seed(0)
     set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
     assert (random.random(), random.gauss(0, 1), float(np.random.standard_normal()), float(torch.rand(1))) == expect
+
+
+def test_link_or_copy_shares_the_file_and_replaces_the_old_one(tmp_path):
+    from faenet.checkpoint import link_or_copy
+
+    src = tmp_path / "work" / "seed0-key.final.pt"
+    save_checkpoint({"w": torch.ones(3)}, src, keep_prev=False)
+    dst = tmp_path / "models" / "cell" / "seed0.pt"
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(b"an older output")
+    link_or_copy(src, dst)
+    assert dst.read_bytes() == src.read_bytes() and dst.stat().st_ino == src.stat().st_ino  # one copy on disk
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["seed0.pt"]  # no temporary file left
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "missing.pt"))):
+        link_or_copy(tmp_path / "missing.pt", dst)
