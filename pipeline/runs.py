@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,15 @@ def build_wrapped(spec: RunSpec):
     return net, SymmetryWrapper(net, spec.symmetry, frame_dim=FRAME_DIM[spec.task])
 
 
+def check_splits(model: Any, sets: Mapping[str, Any], eval_names: Sequence[str]) -> None:
+    """Refuse an empty split, or one with atomic numbers ``model`` does not embed, before any training: the
+    last eval splits are otherwise first read after the whole run (``faenet.data.dataset.check_split``)."""
+    from faenet.data.dataset import check_split
+
+    for name in ("train", *eval_names):
+        check_split(model, sets[name], name)
+
+
 def load_final(spec: RunSpec):
     """The trained ``(model, SymmetryWrapper(model))`` of a finished run (its final state)."""
     import torch
@@ -142,6 +151,7 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
     from pipeline.tracking import mlflow_run
 
     net, wrapped = build_wrapped(spec)
+    check_splits(net, sets, eval_names)
     n_params = sum(p.numel() for p in net.parameters())
     run_params = {**spec.run_params, "n_params": n_params}
     with mlflow_run(spec.name, run_params, {**spec.tags, "target": spec.target}) as mlf:
@@ -154,7 +164,7 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
                        checkpoint_path=spec.ckpt_path, on_epoch=on_epoch)
         if result.resumed_from_epoch:
             print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}")
-        final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces)
+        final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces, split=n)
                  for n in eval_names}
         if spec.target != "energy":
             final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
@@ -217,12 +227,13 @@ def fit(job: Job, on_epoch=None) -> dict[str, Any]:
     spec, sets = job.spec, job.data.open()
     started = time.time()
     net, wrapped = build_wrapped(spec)
+    check_splits(net, sets, job.eval_names)
     result = train(wrapped, sets["train"], {n: sets[n] for n in job.eval_names[:1]}, spec.settings,
                    job.needs_forces, checkpoint_path=spec.ckpt_path, on_epoch=on_epoch,
                    progress=on_epoch is not None)
     if result.resumed_from_epoch:
         print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}", flush=True)
-    final = {n: evaluate(wrapped, sets[n], job.eval_batch_size, result.normalizer, job.needs_forces)
+    final = {n: evaluate(wrapped, sets[n], job.eval_batch_size, result.normalizer, job.needs_forces, split=n)
              for n in job.eval_names}
     if spec.target != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply
         final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
