@@ -303,6 +303,9 @@ class ForceNet(nn.Module):
     """
 
     force_modes = ("", "direct", "from_energy")
+    #: Atomic numbers embedded (inclusive) by both ``feat`` modes: "simple" is ``Embedding(MAX_Z, H)`` (Z < 100),
+    #: "full" the element tables of Z = 0..MAX_Z.
+    supported_z = (1, MAX_Z - 1)
 
     def __init__(self, hidden_channels: int = 512, num_interactions: int = 5, cutoff: float = 6.0,
                  feat: str = "full", num_freqs: int = 50, max_n: int = 3, basis: str = "sphallmul",

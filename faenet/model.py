@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.conv import TransformerConv
 from torch_geometric.nn.norm import GraphNorm
 
-from faenet.embedding import AtomEmbedding
+from faenet.embedding import MAX_ATOMIC_NUMBER, AtomEmbedding
 from faenet.graph import edge_vectors
 
 MP_TYPES = ("base", "updownscale_base", "updownscale", "updown_local_env", "simple", "edge_filter",
@@ -568,6 +568,8 @@ class FAENet(nn.Module):
     """
 
     force_modes = REGRESS_FORCES  # checked by baselines.registry.check_hparams
+    #: Atomic numbers embedded (inclusive): the element table and z-embedding rows 1..MAX_ATOMIC_NUMBER.
+    supported_z = (1, MAX_ATOMIC_NUMBER)
 
     def __init__(
         self,

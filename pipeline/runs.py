@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,15 @@ def build_wrapped(spec: RunSpec):
     return net, SymmetryWrapper(net, spec.symmetry, frame_dim=spec.frame_dim)
 
 
+def check_splits(model: Any, sets: Mapping[str, Any], eval_names: Sequence[str]) -> None:
+    """Refuse an empty split, or one with atomic numbers ``model`` does not embed, before any training: the
+    last eval splits are otherwise first read after the whole run (``faenet.data.dataset.check_split``)."""
+    from faenet.data.dataset import check_split
+
+    for name in ("train", *eval_names):
+        check_split(model, sets[name], name)
+
+
 def load_final(spec: RunSpec):
     """The trained ``(model, SymmetryWrapper(model))`` of a finished run (its final state), loaded weights-only:
     a file that would run code raises ``faenet.checkpoint.UnsafeCheckpointError`` naming it, a corrupt one
@@ -164,6 +173,7 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
     from pipeline.tracking import mlflow_run
 
     net, wrapped = build_wrapped(spec)
+    check_splits(net, sets, eval_names)
     n_params = sum(p.numel() for p in net.parameters())
     run_params = {**spec.run_params, "n_params": n_params}
     with mlflow_run(spec.name, run_params, spec.mlflow_tags) as mlf:
@@ -178,7 +188,7 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
             print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}")
             for i, row in enumerate(result.history[:result.resumed_from_epoch]):  # the killed attempt's epochs
                 mlflow.log_metrics(row, step=i + 1)
-        final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces)
+        final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces, split=n)
                  for n in eval_names}
         if spec.target != "energy":
             final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
@@ -242,12 +252,13 @@ def fit(job: Job, on_epoch=None) -> dict[str, Any]:
     spec, sets = job.spec, job.data.open()
     started = time.time()
     net, wrapped = build_wrapped(spec)
+    check_splits(net, sets, job.eval_names)
     result = train(wrapped, sets["train"], {n: sets[n] for n in job.eval_names[:1]}, spec.settings,
                    job.needs_forces, checkpoint_path=spec.ckpt_path, on_epoch=on_epoch,
                    progress=on_epoch is not None)
     if result.resumed_from_epoch:
         print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}", flush=True)
-    final = {n: evaluate(wrapped, sets[n], job.eval_batch_size, result.normalizer, job.needs_forces)
+    final = {n: evaluate(wrapped, sets[n], job.eval_batch_size, result.normalizer, job.needs_forces, split=n)
              for n in job.eval_names}
     if spec.target != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply
         final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
