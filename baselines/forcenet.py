@@ -272,7 +272,10 @@ class ForceNetInteraction(MessagePassing):
     def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor, edge_weight: Tensor, batch: Tensor,
                 num_graphs: int) -> Tensor:
         j, i = edge_index
-        emb = torch.cat([self.lin_basis(edge_attr), h[j], h[i]], dim=1)
+        # index_select, not h[j]: the backward of advanced indexing (index_put_ with accumulate) adds float
+        # atomics from several CPU threads once E * hidden >= 32768, in a thread-timing-dependent order, so
+        # training was not reproducible; index_select's backward (index_add_) sums in edge order.
+        emb = torch.cat([self.lin_basis(edge_attr), h.index_select(0, j), h.index_select(0, i)], dim=1)
         w = self.mlp_edge(emb, batch[i], num_graphs) * edge_weight.unsqueeze(-1)
         x = self.lin(h)
         x = self.propagate(edge_index, x=x, W=w) + self.center_W * x
