@@ -12,6 +12,11 @@ angle between ``vec_ji`` (i to j) and ``vec_kj`` (j to k), as in OCP and PyG >= 
 OCP details kept: output blocks' up-projection has a bias; energy = per-graph sum. OCP detaches the
 positions in the angle term, so its ``-dE/dx`` ignores angular forces; that is ``detach_angles=True`` here
 (in the "s2ef" preset), while the default ``False`` gives exact conservative forces.
+
+Every gather with gradients is ``index_select``, never ``x[idx]`` (PyG's ``EmbeddingBlock`` and
+``InteractionPPBlock`` are overridden for that): the backward of advanced indexing (``index_put_`` with
+accumulate) adds with float atomics from several CPU threads on large tensors, so training on 2 threads was not
+reproducible; ``index_select``'s backward (``index_add_``) sums in index order. Same values, same parameters.
 """
 
 from __future__ import annotations
@@ -122,7 +127,40 @@ class SphericalBasis(nn.Module):
             legendre.append(((2 * order + 1) * x * legendre[order] - order * legendre[order - 1]) / (order + 1))
         cbf = torch.stack(legendre[:self.num_spherical], dim=1) * self.prefactor.to(dtype)
         n, k = self.num_spherical, self.num_radial
-        return (rbf[idx_kj] * cbf.view(-1, n, 1)).view(-1, n * k)
+        # index_select, not rbf[idx_kj]: deterministic backward (module docstring).
+        return (rbf.index_select(0, idx_kj) * cbf.view(-1, n, 1)).view(-1, n * k)
+
+
+class DeterministicEmbeddingBlock(EmbeddingBlock):
+    """PyG ``EmbeddingBlock`` (same parameters and maths) gathering ``x[i], x[j]`` with ``index_select``, whose
+    backward sums in edge order (PyG's ``x[i]`` backward uses ``index_put_`` atomics on multi-threaded CPU)."""
+
+    def forward(self, x: Tensor, rbf: Tensor, i: Tensor, j: Tensor) -> Tensor:
+        x = self.emb(x)
+        rbf = self.act(self.lin_rbf(rbf))
+        return self.act(self.lin(torch.cat([x.index_select(0, i), x.index_select(0, j), rbf], dim=-1)))
+
+
+class DeterministicInteractionPPBlock(InteractionPPBlock):
+    """PyG ``InteractionPPBlock`` (same parameters and maths) gathering ``x_kj[idx_kj]`` with ``index_select``,
+    whose backward sums in triplet order (PyG's indexing backward uses ``index_put_`` atomics)."""
+
+    def forward(self, x: Tensor, rbf: Tensor, sbf: Tensor, idx_kj: Tensor, idx_ji: Tensor) -> Tensor:
+        x_ji = self.act(self.lin_ji(x))
+        x_kj = self.act(self.lin_kj(x))
+        rbf = self.lin_rbf2(self.lin_rbf1(rbf))
+        x_kj = self.act(self.lin_down(x_kj * rbf))
+        sbf = self.lin_sbf2(self.lin_sbf1(sbf))
+        x_kj = x_kj.index_select(0, idx_kj) * sbf
+        x_kj = scatter(x_kj, idx_ji, dim=0, dim_size=x.size(0), reduce="sum")
+        x_kj = self.act(self.lin_up(x_kj))
+        h = x_ji + x_kj
+        for layer in self.layers_before_skip:
+            h = layer(h)
+        h = self.act(self.lin(h)) + x
+        for layer in self.layers_after_skip:
+            h = layer(h)
+        return h
 
 
 class OutputPPBlockWithBias(OutputPPBlock):
@@ -190,14 +228,14 @@ class DimeNetPP(nn.Module):
         act_fn = activation_resolver(act)
         self.rbf = BesselBasisLayer(num_radial, cutoff, envelope_exponent)
         self.sbf = SphericalBasis(num_spherical, num_radial, cutoff, envelope_exponent)
-        self.emb = EmbeddingBlock(num_radial, hidden_channels, act_fn)
+        self.emb = DeterministicEmbeddingBlock(num_radial, hidden_channels, act_fn)
         self.output_blocks = nn.ModuleList([
             OutputPPBlockWithBias(num_radial, hidden_channels, out_emb_channels, 1, num_output_layers, act_fn,
                                   output_initializer)
             for _ in range(num_blocks + 1)])
         self.interaction_blocks = nn.ModuleList([
-            InteractionPPBlock(hidden_channels, int_emb_size, basis_emb_size, num_spherical, num_radial,
-                               num_before_skip, num_after_skip, act_fn)
+            DeterministicInteractionPPBlock(hidden_channels, int_emb_size, basis_emb_size, num_spherical,
+                                            num_radial, num_before_skip, num_after_skip, act_fn)
             for _ in range(num_blocks)])
 
     def reset_parameters(self) -> None:
@@ -217,7 +255,7 @@ class DimeNetPP(nn.Module):
             j, i = edge_index
             _, _, _, idx_kj, idx_ji = triplets(edge_index, n, offsets)
             v = vec.detach() if self.detach_angles else vec
-            v_ji, v_kj = v[idx_ji], v[idx_kj]  # i -> j and j -> k (image-aware)
+            v_ji, v_kj = v.index_select(0, idx_ji), v.index_select(0, idx_kj)  # i -> j, j -> k (image-aware)
             angle = torch.atan2(torch.linalg.cross(v_ji, v_kj).norm(dim=-1), (v_ji * v_kj).sum(dim=-1))
             rbf = self.rbf(dist)
             sbf = self.sbf(dist, angle, idx_kj)

@@ -30,16 +30,11 @@ HPARAMS = {
 }
 # (model, symmetry method, regress_forces): every symmetry method of the train cells (with direct forces, whose
 # loss includes the energy one), and every force mode each model supports.
-DIMENET_XFAIL = pytest.mark.xfail(
-    reason="PyG's DimeNet++ blocks index with grad (x[i], x[j] in EmbeddingBlock, x_kj[idx_kj] in "
-           "InteractionPPBlock; rbf[idx_kj], v[idx_ji] in baselines/dimenet_pp.py): index_put_ atomics on 2 threads; "
-           "see test_no_atomic_accumulating_index_backward", strict=False)
 CASES = [
     ("faenet", "none", ""), ("faenet", "none", "from_energy"), ("faenet", "sfa", "direct_with_gradient_target"),
     *[("faenet", sym, "direct") for sym in ("none", "sfa", "full", "da", "se3-sfa")],
     ("schnet", "none", ""), ("schnet", "none", "from_energy"),
-    pytest.param("dimenet_pp", "none", "", marks=DIMENET_XFAIL),
-    pytest.param("dimenet_pp", "none", "from_energy", marks=DIMENET_XFAIL),
+    ("dimenet_pp", "none", ""), ("dimenet_pp", "none", "from_energy"),
     ("forcenet", "none", ""), ("forcenet", "none", "direct"), ("forcenet", "none", "from_energy"),
     ("forcenet", "sfa", ""), ("forcenet", "da", "direct"),
 ]
@@ -138,10 +133,8 @@ def _autograd_ops(*outputs: torch.Tensor) -> set[str]:
 
 @pytest.mark.parametrize(("name", "mode"), [
     ("forcenet", ""), ("forcenet", "direct"), ("forcenet", "from_energy"), ("schnet", "from_energy"),
-    ("faenet", "direct"), ("faenet", "from_energy"),
-    pytest.param("dimenet_pp", "from_energy", marks=pytest.mark.xfail(
-        reason="not fixed yet (PyG DimeNet++ blocks and baselines/dimenet_pp.py index with grad); strict: "
-               "remove this mark when fixed", strict=True))], ids=lambda v: v or "energy")
+    ("faenet", "direct"), ("faenet", "from_energy"), ("dimenet_pp", ""), ("dimenet_pp", "from_energy"),
+], ids=lambda v: v or "energy")
 def test_no_atomic_accumulating_index_backward(name, mode):
     """Advanced indexing with grad (``h[j]``) backpropagates through ``index_put_(accumulate=True)``, which on
     multi-threaded CPU adds with float atomics in thread-timing order (ForceNet's old non-determinism). Whether a
