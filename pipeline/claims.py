@@ -105,7 +105,7 @@ def epoch_seconds(ctx: dict[str, Any], cell: str) -> float:
 def _bench(ctx: dict[str, Any]) -> dict[str, Any]:
     bench = ctx.get("benchmark")
     if not bench:
-        raise Missing("metrics/benchmark.json is missing (stage benchmark)")
+        raise Missing("results/benchmark.json is missing (stage benchmark)")
     return bench
 
 
@@ -126,10 +126,10 @@ def bench_ratio(ctx: dict[str, Any], section: str, pair: str, quantity: str, pro
 
 def sym(ctx: dict[str, Any], task: str, row: str, metric: str, subset: str = "all") -> float:
     """Mean over seeds of one App. D metric of ``row`` (a cell name or ``faenet-<task>-notrain``) in
-    metrics/symmetry.json."""
+    results/symmetry.json."""
     s = ctx.get("symmetry")
     if not s:
-        raise Missing("metrics/symmetry.json is missing (stage symmetry)")
+        raise Missing("results/symmetry.json is missing (stage symmetry)")
     entry = s.get(task, {}).get(row)
     if entry is None:
         raise Missing(f"the symmetry stage has no {task} row {row}")
@@ -143,7 +143,7 @@ def expr(ctx: dict[str, Any], table: str, model: str, key: str, protocol: str = 
     """Mean accuracy (%) of ``model`` on one experiment ``key`` (layers, fold or pair) of Table 3/4/5."""
     e = ctx.get("expressivity")
     if not e:
-        raise Missing("metrics/expressivity.json is missing (stage expressivity)")
+        raise Missing("results/expressivity.json is missing (stage expressivity)")
     v = e.get(table, {}).get(model, {}).get(str(key), {}).get(protocol)
     if v is None:
         raise Missing(f"expressivity {table}: no {model} / {key} / {protocol}")
@@ -162,10 +162,10 @@ ABLATION_KEYS = {"mae_meV": ("mae_mev", "average", "mean"), "samples_per_s": ("t
 
 def ablation(ctx: dict[str, Any], variant: str, key: str) -> float:
     """``key`` (``ABLATION_KEYS``: the mean MAE over the val splits, or the forward throughput) of one Table 6
-    variant in ``metrics/ablation.json``."""
+    variant in ``results/ablation.json``."""
     a = ctx.get("ablation")
     if not a:
-        raise Missing("metrics/ablation.json is missing (stage ablation)")
+        raise Missing("results/ablation.json is missing (stage ablation)")
     v: Any = a.get("variants", {}).get(variant)
     if v is None:
         raise Missing(f"ablation variant {variant!r} was not run")
@@ -640,7 +640,7 @@ def c_qm9_table_consistent(ctx, c):
 def _variants(ctx) -> dict[str, Any]:
     a = (ctx.get("ablation") or {}).get("variants")
     if not a:
-        raise Missing("metrics/ablation.json is missing (stage ablation)")
+        raise Missing("results/ablation.json is missing (stage ablation)")
     return a
 
 

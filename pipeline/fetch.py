@@ -6,7 +6,8 @@ downloads the real OC20 (checksummed, safe extraction) and converts its records 
 Molecules (``data.qm7x.source``, ``data.qm9.source``): ``embedded`` builds the QM7-X-like / QM9-like sets
 (RDKit conformers, GFN2-xTB labels, per-molecule cache in ``work/fetch/<task>``); ``real`` downloads and
 converts QM7-X (Zenodo HDF5) and QM9 (PyG's raw files). Each ``data/<task>/summary.json`` describes its set.
-Writes the data card ``reports/data_card.md`` and ``metrics/fetch.json``.
+Writes the data card ``reports/data_card.md``, ``results/fetch.json`` (hashes, sizes, timings) and its headline
+``metrics/fetch.json`` (DVC metric: ``headline``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pipeline.tracking import write_json
 
 DATA = ROOT / "data"
 WORK = ROOT / "work" / "fetch"
+RESULTS_PATH = ROOT / "results" / "fetch.json"
+HEADLINE_PATH = ROOT / "metrics" / "fetch.json"
 
 
 def _write_summary(folder: Path, summary: dict[str, Any]) -> None:
@@ -123,14 +126,22 @@ def fetch_all(params: Params) -> int:
     card = ROOT / "reports" / "data_card.md"
     card.parent.mkdir(parents=True, exist_ok=True)
     card.write_text(data_card(params.profile, summaries, hashes))
-    write_json(ROOT / "metrics" / "fetch.json", {
+    result = {
         "profile": params.profile, "content_hashes": hashes, "stage_seconds": round(time.perf_counter() - t0, 1),
         "seconds": seconds, "sizes": {"is2re": summaries["catalysis"]["counts"]["is2re"],
                                       "s2ef": summaries["catalysis"]["counts"]["s2ef"],
                                       "qm7x": summaries["qm7x"]["sizes"], "qm9": summaries["qm9"]["sizes"]},
         "degenerate_frames": {k: summaries[k].get("degenerate_frames") for k in ("qm7x", "qm9")},
-        "catalysis": {k: v for k, v in summaries["catalysis"].items() if k in TIMING_KEYS}})
+        "catalysis": {k: v for k, v in summaries["catalysis"].items() if k in TIMING_KEYS}}
+    write_json(RESULTS_PATH, result)
+    write_json(HEADLINE_PATH, headline(result))
     return 0
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The stage's DVC metric: the split sizes of every dataset and the stage's wall time (``result``: the
+    stage's full results, ``results/fetch.json``)."""
+    return {"profile": result["profile"], "sizes": result["sizes"], "stage_seconds": result["stage_seconds"]}
 
 
 def data_card(profile: str, summaries: dict[str, Any], hashes: dict[str, str]) -> str:

@@ -1,7 +1,7 @@
 """Stage `report`: the paper's Tables 1, 2, 8 and 9, the Pareto plots of Fig. 2 and 3, the claims audit,
 provenance and the index of ``reports/``.
 
-Reads only metrics JSON files (``metrics/``) and ``pipeline/paper.yaml``. Tables 3-6, 11 and 12 are written by
+Reads only the stages' results JSON (``results/``) and ``pipeline/paper.yaml``. Tables 3-6, 11 and 12 are written by
 the stages that measure them (expressivity, ablation, symmetry); this stage indexes them. Every table cell
 of ours is traceable to MLflow: the CSVs carry the run ids of the cell's seeds.
 """
@@ -18,7 +18,7 @@ from pipeline.config import EVAL_SPLITS, ROOT, Params, params_hash, stage_main
 from pipeline.tables import MISSING, fmt, fmt_ms, load_paper, mean_std, paper_row, write_table
 from pipeline.tracking import provenance, write_json
 
-METRICS = ROOT / "metrics"
+RESULTS = ROOT / "results"
 REPORTS = ROOT / "reports"
 OC20_SPLITS = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
 SPLIT_LABEL = {"val_id": "ID", "val_ood_ads": "OOD-ads", "val_ood_cat": "OOD-cat", "val_ood_both": "OOD-both",
@@ -59,16 +59,16 @@ def _order(cell: dict[str, Any]) -> tuple:
 # Inputs
 # ----------------------------------------------------------------------------------------------------------
 
-def load_metrics(metrics_dir: Path = METRICS) -> dict[str, Any]:
-    """Every metrics file the report reads; absent stage outputs are None (their claims: not measurable)."""
+def load_metrics(results_dir: Path = RESULTS) -> dict[str, Any]:
+    """Every results file the report reads; absent stage outputs are None (their claims: not measurable)."""
     train = {}
-    for p in sorted((metrics_dir / "train").glob("*.json")):
+    for p in sorted((results_dir / "train").glob("*.json")):
         m = json.loads(p.read_text())
         if m.get("trained"):
             train[m["cell"]] = m
 
     def opt(name: str) -> dict[str, Any] | None:
-        p = metrics_dir / name
+        p = results_dir / name
         return json.loads(p.read_text()) if p.exists() else None
 
     return {"train": train, "fetch": opt("fetch.json"), "benchmark": opt("benchmark.json"),
@@ -434,7 +434,7 @@ TABLE_INDEX = (
 
 def write_index(profile: str, figures: list[str], claims_summary: str) -> None:
     lines = ["# Reports", "", f"Written by `dvc repro`, profile `{profile}`. Every number here is computed by the "
-             "pipeline from the metrics in `metrics/`; the paper's numbers come from `pipeline/paper.yaml`.", "",
+             "pipeline from the results in `results/`; the paper's numbers come from `pipeline/paper.yaml`.", "",
              f"**Claims audit**: [claims.md](claims.md) ({claims_summary}).", "",
              "| file | what | stage |", "|---|---|---|"]
     for name, what, stage in TABLE_INDEX:
