@@ -47,13 +47,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from faenet.tasks import OC20_VAL_SPLITS
 from pipeline.config import ROOT, ConfigError, Params, load_params, params_hash
 from pipeline.tables import MISSING, TABLES, fmt_ms, mean_std, paper_row, write_table
 from pipeline.tracking import machine_info, package_versions, write_json
 
 DATA = ROOT / "data" / "is2re"
 METRICS_PATH = ROOT / "metrics" / "ablation.json"
-VAL_SPLITS = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
+VAL_SPLITS = OC20_VAL_SPLITS
 BASELINE = "FAENet (baseline)"
 
 
