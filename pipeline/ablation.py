@@ -91,17 +91,18 @@ def selected_variants(params: Params) -> list[str]:
 
 def resolve_variant(params: Params, row: str | None = None):
     """The ablation's cell (``pipeline.resolve.ResolvedCell``): FAENet on IS2RE with ``ablation.symmetry``, the
-    paper's IS2RE architecture (``faenet.model.TABLE7["is2re"]``: mp_type "base", complex MP, weighted energy
-    head, concatenated jumping connections, two-layer MLPs, r_ij + RBF edge embedding, 40 neighbours) under
-    the profile's FAENet IS2RE hyperparameters (its sizes, and any switch it sets), then Table 6 row ``row``'s
-    switches (None: the baseline configuration itself); the profile's ``train.is2re`` settings with
-    ``ablation.epochs``; the four val splits. Without the Table 7 switches several rows would equal the
-    baseline (the constructor's defaults are "updownscale_base", no complex MP, sum pooling)."""
-    from faenet.model import TABLE7
+    paper's IS2RE architecture (params.yaml ``profiles.paper.hparams.faenet.is2re``, Table 7: mp_type "base",
+    complex MP, weighted energy head, concatenated jumping connections, two-layer MLPs, r_ij + RBF edge
+    embedding, 40 neighbours) under the profile's FAENet IS2RE hyperparameters (its sizes, and any switch it
+    sets), then Table 6 row ``row``'s switches (None: the baseline configuration itself); the profile's
+    ``train.is2re`` settings with ``ablation.epochs``; the four val splits. Without the Table 7 switches several
+    rows would equal the baseline (the constructor's defaults are "updownscale_base", no complex MP, sum
+    pooling)."""
     from pipeline.resolve import resolve_cell
 
     a = params.active.ablation
-    return resolve_cell(params, "faenet", "is2re", a.symmetry, hparam_base=TABLE7["is2re"], table6_row=row,
+    paper_is2re = resolve_cell(params, "faenet", "is2re", a.symmetry, profile="paper").hparams
+    return resolve_cell(params, "faenet", "is2re", a.symmetry, hparam_base=paper_is2re, table6_row=row,
                         epochs=a.epochs, eval_splits=VAL_SPLITS)
 
 
