@@ -32,7 +32,7 @@ _EXP_NORMAL_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
 
 def gaussian_rbf_no_grad(t: Tensor, coeff: float) -> Tensor:
     """``exp(coeff * t^2)`` in place on ``t`` (no autograd), with results below the smallest normal float
-    (< 1.2e-38 in float32) set to 0: exp of such arguments takes a 10-40x slower path on x86."""
+    (< 1.2e-38 in float32) set to 0: exp of such arguments takes a much slower path on x86."""
     t.square_().mul_(coeff)
     floor = _EXP_NORMAL_FLOOR.get(t.dtype)
     if floor is None:

@@ -1,6 +1,6 @@
 """The embedded OC20-like catalysis dataset: adsorbates on fcc metal slabs, labelled with ASE's EMT.
 
-A small, honest stand-in for OC20 (``datasets_facts.md`` §1, §6) that builds on 2 CPU cores in seconds to
+A small, honest stand-in for OC20 (Chanussot et al., ACS Catal. 11, 2021) that builds on 2 CPU cores in seconds to
 minutes. Energies are EMT energies (an effective-medium potential, not DFT), so absolute numbers are not
 comparable with the paper's; the task structure is the same:
 

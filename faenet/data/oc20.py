@@ -2,8 +2,8 @@
 
 OC20 publishes **md5 only** for its archives (ocp ``docs/core/datasets/oc20.md``; fairchem's
 ``download_data.py`` checks no hash at all), so ``sha256`` is ``None`` in :data:`OC20_FILES`, with the
-reason in ``OC20File.sha256_note``; :func:`fetch_oc20` verifies the md5. Counts and layout:
-``datasets_facts.md`` §1.
+reason in ``OC20File.sha256_note``; :func:`fetch_oc20` verifies the md5. Counts and layout: Chanussot et al.,
+ACS Catal. 11 (2021) and the ocp ``docs/core/datasets/oc20.md``.
 
 :func:`convert_oc20_record` maps an OC20 LMDB record (float ``atomic_numbers``, ``y_relaxed``, float/int32
 ``fixed``, ...) to the project schema of ``faenet.data.records``; it leaves project records unchanged, so
