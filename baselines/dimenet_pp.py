@@ -159,6 +159,8 @@ class DimeNetPP(nn.Module):
     """
 
     force_modes = ("", "from_energy")
+    #: Atomic numbers embedded (inclusive): PyG's ``EmbeddingBlock`` has ``Embedding(95, H)``, Z = 0..94.
+    supported_z = (1, 94)
 
     def __init__(self, hidden_channels: int = 256, out_emb_channels: int = 192, num_blocks: int = 3,
                  int_emb_size: int = 64, basis_emb_size: int = 8, num_spherical: int = 7, num_radial: int = 6,

@@ -267,7 +267,10 @@ class ForceNetInteraction(MessagePassing):
     def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor, edge_weight: Tensor, batch: Tensor,
                 num_graphs: int) -> Tensor:
         j, i = edge_index
-        emb = torch.cat([self.lin_basis(edge_attr), h[j], h[i]], dim=1)
+        # index_select, not h[j]: the backward of advanced indexing (index_put_ with accumulate) adds float
+        # atomics from several CPU threads once E * hidden >= 32768, in a thread-timing-dependent order, so
+        # training was not reproducible; index_select's backward (index_add_) sums in edge order.
+        emb = torch.cat([self.lin_basis(edge_attr), h.index_select(0, j), h.index_select(0, i)], dim=1)
         w = self.mlp_edge(emb, batch[i], num_graphs) * edge_weight.unsqueeze(-1)
         x = self.lin(h)
         x = self.propagate(edge_index, x=x, W=w) + self.center_W * x
@@ -299,6 +302,9 @@ class ForceNet(nn.Module):
     """
 
     force_modes = ("", "direct", "from_energy")
+    #: Atomic numbers embedded (inclusive) by both ``feat`` modes: "simple" is ``Embedding(MAX_Z, H)`` (Z < 100),
+    #: "full" the element tables of Z = 0..MAX_Z.
+    supported_z = (1, MAX_Z - 1)
 
     def __init__(self, hidden_channels: int = 512, num_interactions: int = 5, cutoff: float = 6.0,
                  feat: str = "full", num_freqs: int = 50, max_n: int = 3, basis: str = "sphallmul",

@@ -90,6 +90,8 @@ class SchNet(PyGSchNet):
     """
 
     force_modes = ("", "from_energy")
+    #: Atomic numbers embedded (inclusive): PyG's ``Embedding(100, H)`` has rows Z = 0..99 (0 = padding).
+    supported_z = (1, 99)
 
     def __init__(self, hidden_channels: int = 384, num_filters: int = 128, num_interactions: int = 4,
                  num_gaussians: int = 100, cutoff: float = 6.0, readout: str = "add",

@@ -139,8 +139,12 @@ def edge_vectors(pos: Tensor, edge_index: Tensor, cell_offsets: Tensor, cell: Te
     ``cell`` is (B, 3, 3) (zeros for molecules); ``batch`` maps atoms to graphs.
     """
     j, i = edge_index
-    shift = torch.bmm(cell_offsets.to(pos.dtype).unsqueeze(1), cell[batch[i]].to(pos.dtype)).squeeze(1)
-    return pos[j] + shift - pos[i]
+    # index_select, not pos[j]: the backward of advanced indexing (index_put_ with accumulate) uses float
+    # atomics from several CPU threads on large batches (E * 3 >= 32768), so -dE/dpos would not be
+    # reproducible; index_select's backward (index_add_) sums in edge order. Same values forward.
+    cell_e = cell.index_select(0, batch.index_select(0, i)).to(pos.dtype)
+    shift = torch.bmm(cell_offsets.to(pos.dtype).unsqueeze(1), cell_e).squeeze(1)
+    return pos.index_select(0, j) + shift - pos.index_select(0, i)
 
 
 def triplets(edge_index: Tensor, num_nodes: int, cell_offsets: Tensor | None = None

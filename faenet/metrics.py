@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+if TYPE_CHECKING:  # no torch import at run time: the report stage reads JSON and uses Eq. (11) only
+    from torch import Tensor
 
 #: Energy within threshold (OC20's EwT): |E_pred - E_true| below 0.02 eV.
 EWT_THRESHOLD_EV = 0.02

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.conv import TransformerConv
 from torch_geometric.nn.norm import GraphNorm
 
-from faenet.embedding import AtomEmbedding
+from faenet.embedding import MAX_ATOMIC_NUMBER, AtomEmbedding
 from faenet.graph import edge_vectors
 from faenet.inference import edge_embedding_chunked, endpoint_messages, frame_edges, gaussian_rbf_no_grad
 
@@ -427,6 +427,8 @@ class FAENet(nn.Module):
     """
 
     force_modes = REGRESS_FORCES  # checked by baselines.registry.check_hparams
+    #: Atomic numbers embedded (inclusive): the element table and z-embedding rows 1..MAX_ATOMIC_NUMBER.
+    supported_z = (1, MAX_ATOMIC_NUMBER)
 
     def __init__(
         self,

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from faenet.tasks import OC20_VAL_SPLITS
-from pipeline.config import ROOT, ConfigError, Params, load_params, params_hash
+from pipeline.config import ROOT, ConfigError, Params, params_hash, stage_main
 from pipeline.tables import MISSING, TABLES, fmt_ms, mean_std, paper_row, write_table
 from pipeline.tracking import machine_info, package_versions, write_json
 
@@ -64,16 +64,11 @@ def variant_slug(row: str) -> str:
 
 
 def main() -> int:
-    try:
-        params = load_params()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        run_ablation(params)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return stage_main(_main)
+
+
+def _main(params: Params) -> int:
+    run_ablation(params)
     return 0
 
 

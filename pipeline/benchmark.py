@@ -97,7 +97,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ROOT, ConfigError, Params, load_params
+from pipeline.config import ROOT, Params, stage_main
 from pipeline.tables import load_paper
 from pipeline.tracking import machine_info, package_versions, write_json
 
@@ -131,11 +131,10 @@ class Job:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        params = load_params()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return stage_main(lambda params: _main(params, argv))
+
+
+def _main(params: Params, argv: list[str]) -> int:
     if argv[:1] == ["--worker"]:  # one isolated group of measurements (run_benchmark starts these)
         spec_path, out_path = Path(argv[1]), Path(argv[2])
         write_json(out_path, run_worker(params, json.loads(spec_path.read_text())))

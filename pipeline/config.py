@@ -1,8 +1,12 @@
 """params.yaml -> a typed, validated config. The only reader of params.yaml.
 
-Validation happens once, before any work: an unknown key, a wrong type or an impossible value fails at
-once with a message naming the key path and what is allowed. Library code receives plain keyword
-arguments taken from these models, never the config object itself.
+Validation happens once, before any work: an unknown key, a wrong type (strict: no ``"2"`` or ``true`` for
+an integer, no string for a number; finite floats only), an impossible value, or a model hyperparameter the
+registered constructor does not take (name, or annotated type) fails with one line per error, each naming
+the key path, the value and what is allowed. ``python -m pipeline.config`` is the DVC stage ``validate``,
+which every other stage depends on (so DVC stops there before deleting any stage's outputs); each stage's
+``main()`` goes through ``stage_main``. Library code receives plain keyword arguments taken from these
+models, never the config object itself.
 
 Layout of params.yaml:
 
@@ -18,12 +22,27 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import inspect
 import json
+import sys
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from faenet.tasks import CATALYSIS, EVAL_SPLITS, FORCE_TASKS, FRAME_DIM, MOLECULES, TASKS  # noqa: F401
 
@@ -36,6 +55,11 @@ ELEMENTS_EMT = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 FACETS = ("111", "100", "110")
 QM9_TARGET_NAMES = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "cv")
 
+#: Content of the validate stage's output (``metrics/validated.json``). Constant on purpose: every stage
+#: depends on that file, so a content that changed with params would rerun every stage on every edit.
+VALIDATED_STAMP = {"schema": 1, "validated_by": "pipeline/config.py",
+                   "note": "params.yaml passed validation; constant so a params edit reruns only the stages it affects"}
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -43,8 +67,26 @@ NonNegFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 
+def _no_duplicates(v: list[Any]) -> list[Any]:
+    dup = sorted({str(x) for x in v if v.count(x) > 1})
+    if dup:
+        raise ValueError(f"listed twice: {dup}; list each value once")
+    return v
+
+
+def _list_to_tuple(v: Any) -> Any:
+    # YAML has no tuples: a fixed-length list is written as a YAML list; strict mode would refuse it.
+    return tuple(v) if isinstance(v, list) else v
+
+
+Distinct = AfterValidator(_no_duplicates)
+Seeds = Annotated[list[NonNegInt], Field(min_length=1), Distinct]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no "2" or true for an integer, no "1e-3" for a float (a YAML int is still a float: lr: 1);
+    # allow_inf_nan=False: .inf / .nan are typos, never settings.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -66,7 +108,8 @@ class CatalysisData(Strict):
     adsorbates: list[str] = Field(default_factory=lambda: ["H", "O", "N", "C", "OH", "CO", "NO", "CH", "NH",
                                                             "CH2"], min_length=2)
     ood_adsorbates: list[str] = Field(default_factory=lambda: ["NO"])
-    slab_size: tuple[PositiveInt, PositiveInt, Annotated[int, Field(ge=3)]] = (2, 2, 3)
+    slab_size: Annotated[tuple[PositiveInt, PositiveInt, Annotated[int, Field(ge=3)]],
+                         BeforeValidator(_list_to_tuple)] = (2, 2, 3)
     s2ef_frame_stride: PositiveInt = 2
     fmax: PositiveFloat = 0.05
     max_steps: PositiveInt = 200
@@ -101,7 +144,7 @@ class QM7XData(Strict):
     n_molecules: PositiveInt = 100
     conformers_per_molecule: PositiveInt = 8
     n_equilibrium: PositiveInt = 1
-    displacement: tuple[NonNegFloat, NonNegFloat] = (0.02, 0.06)
+    displacement: Annotated[tuple[NonNegFloat, NonNegFloat], BeforeValidator(_list_to_tuple)] = (0.02, 0.06)
     unknown_fraction: Fraction = 0.1
     val_ood_fraction: Fraction = 0.1
     val_id_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
@@ -163,13 +206,13 @@ class TaskTrainConfig(Strict):
     train_on_free_atoms: bool = True
     rewiring: Literal["none", "remove-tag-0"] = "none"
     # QM9 only: the properties to train, one model each (the paper trains one model per target).
-    targets: list[str] = Field(default_factory=list)
+    targets: Annotated[list[Literal[QM9_TARGET_NAMES]], Distinct] = Field(default_factory=list)
     # Seeds of this task (None: the profile's train.seeds), e.g. one seed for QM9 whose table has no std.
-    seeds: list[NonNegInt] | None = Field(default=None, min_length=1)
+    seeds: Seeds | None = None
 
 
 class TrainConfig(Strict):
-    seeds: list[NonNegInt] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: Seeds = Field(default_factory=lambda: [0])
     eval_batch_size: PositiveInt = 64
     threads: PositiveInt = 2
     # Independent runs of a cell (seeds, QM9 properties) train in this many processes, threads // workers
@@ -182,16 +225,26 @@ class TrainConfig(Strict):
     qm7x: TaskTrainConfig = TaskTrainConfig(force_coef=100.0, regress_forces="direct", element_shift=True)
     qm9: TaskTrainConfig = TaskTrainConfig(targets=["gap"])
     # Per-(model, task) overrides of the task settings, e.g. {"faenet": {"s2ef": {"rewiring": "remove-tag-0"}}}.
-    overrides: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    # Model names are checked against the registry by validate_models.
+    overrides: dict[str, dict[Literal[DATASETS], dict[str, Any]]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _targets_only_for_qm9(self) -> TrainConfig:
+        errors = []
         for task in ("is2re", "s2ef", "qm7x"):
             if getattr(self, task).targets:
-                raise ValueError(f"{task}.targets: only qm9 trains per-property models; leave it empty")
+                errors.append(f".{task}.targets: only qm9 trains per-property models; leave it empty")
         if not self.qm9.targets:
-            raise ValueError(f"qm9.targets: name at least one property, e.g. [gap]; QM9 names: "
-                             f"{list(QM9_TARGET_NAMES)}")
+            errors.append(f".qm9.targets: name at least one property, e.g. [gap]; QM9 names: "
+                          f"{list(QM9_TARGET_NAMES)}")
+        for model, per_task in self.overrides.items():
+            for task, extra in per_task.items():
+                try:
+                    TaskTrainConfig(**{**getattr(self, task).model_dump(), **extra})
+                except ValidationError as err:
+                    errors += [f".overrides.{model}.{task}.{line}" for line in _error_lines(err)]
+        if errors:
+            raise ValueError("\n".join(errors))
         return self
 
     def seeds_for(self, model: str, task: str) -> list[int]:
@@ -204,7 +257,7 @@ class TrainConfig(Strict):
         try:
             return TaskTrainConfig(**{**base.model_dump(), **extra})
         except ValidationError as err:
-            raise ValueError(f"train.overrides.{model}.{task}: {_first_error(err)}") from None
+            raise ConfigError([f"train.overrides.{model}.{task}.{line}" for line in _error_lines(err)]) from None
 
 
 class ModelSpec(Strict):
@@ -319,7 +372,7 @@ class AblationConfig(Strict):
     """
 
     variants: list[str] = Field(default_factory=list)  # Table 6 row names; empty = all of them
-    seeds: list[NonNegInt] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: Seeds = Field(default_factory=lambda: [0])
     symmetry: Literal[SYMMETRY_METHODS] = "sfa"
     epochs: PositiveInt | None = None  # None = train.is2re.epochs
     max_train_graphs: PositiveInt | None = None  # None = the whole train split
@@ -404,11 +457,14 @@ class TrainCell(Strict):
 
 
 def _check_cells(cells: dict[str, TrainCell]) -> dict[str, TrainCell]:
+    errors = []
     for name, c in cells.items():
         want = cell_name(c.model, c.dataset, c.symmetry)
         if name != want:
-            raise ValueError(f"{name}: a cell is named <model>-<dataset>-<symmetry>; rename it to {want!r} "
-                             "(the DVC stage is train@<name>)")
+            errors.append(f"{name}: a cell is named <model>-<dataset>-<symmetry>; rename it to {want!r} "
+                          "(the DVC stage is train@<name>)")
+    if errors:
+        raise ValueError("\n".join(errors))
     return cells
 
 
@@ -456,8 +512,7 @@ class Params(Strict):
         name = cell_name(model, dataset, symmetry)
         if name not in self.train_cells:
             return False
-        only = self.active.train.only
-        return not only or any(fnmatch.fnmatchcase(name, p) for p in only)
+        return _selected(self.active.train.only, name)
 
     def trained_cells(self) -> list[tuple[str, str, str]]:
         return [c for c in self.designed_cells() if self.trains(*c)]
@@ -467,74 +522,254 @@ def cell_name(model: str, dataset: str, symmetry: str) -> str:
     return f"{model}-{dataset}-{symmetry}"
 
 
+def _selected(only: list[str], name: str) -> bool:
+    return not only or any(fnmatch.fnmatchcase(name, p) for p in only)
+
+
 class ConfigError(ValueError):
-    """params.yaml is invalid; the message names the key and what is allowed."""
+    """params.yaml is invalid: one line per error, each naming the key, the value and what is allowed."""
+
+    def __init__(self, errors: str | list[str]) -> None:
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
 
 
-def _first_error(err: ValidationError) -> str:
-    parts = []
+# Friendlier wording of pydantic's error types; the got-value is appended by _error_lines.
+_MESSAGES = {
+    "int_type": "expected an integer (e.g. 2; not \"2\", 2.0 or true)",
+    "float_type": "expected a number (e.g. 0.001 or 1; not a string or true/false)",
+    "bool_type": "expected true or false (unquoted)",
+    "string_type": "expected a string",
+    "finite_number": "expected a finite number (.inf and .nan are not settings)",
+    "list_type": "expected a list, e.g. [a, b]",
+    "tuple_type": "expected a list, e.g. [a, b]",
+    "dict_type": "expected a mapping (key: value lines)",
+    "model_type": "expected a mapping (key: value lines)",
+    "model_attributes_type": "expected a mapping (key: value lines)",
+    "missing": "required key is missing; add it (see the committed params.yaml)",
+}
+
+
+def _short(value: Any) -> str:
+    """A value for a message: never a whole section (a missing key must not dump the params dict)."""
+    if isinstance(value, dict):
+        return f"a mapping with keys {sorted(map(str, value))[:8]}" if value else "an empty mapping"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _unwrap(ann: Any) -> Any:
+    """``Annotated[X, ...]`` and ``X | None`` -> ``X``."""
+    while True:
+        origin = typing.get_origin(ann)
+        if origin is Annotated:
+            ann = typing.get_args(ann)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            if len(args) != 1:
+                return ann
+            ann = args[0]
+        else:
+            return ann
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys the section at ``loc`` (a pydantic error location under Params) accepts, or None."""
+    ann: Any = Params
+    for part in loc:
+        ann = _unwrap(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and str(part) in ann.model_fields:
+            ann = ann.model_fields[str(part)].annotation
+        elif typing.get_origin(ann) in (dict, list):
+            ann = typing.get_args(ann)[-1]
+        else:
+            return None
+    ann = _unwrap(ann)
+    return sorted(ann.model_fields) if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _error_lines(err: ValidationError, root: bool = False) -> list[str]:
+    """One ``key.path: what is wrong (got value)`` line per error. ``root``: locations start at Params."""
+    lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check spelling; see params.yaml comments for the allowed keys)"
-        if isinstance(e.get("input"), bool) and e["type"] == "string_type":
-            msg += "; YAML reads NO/YES/ON/OFF as booleans: quote the value, e.g. \"NO\""
-        if e["type"] == "value_error":  # our validators' messages name the bad value themselves
-            parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+        is_key = bool(e["loc"]) and e["loc"][-1] == "[key]"  # a mapping's key failed (e.g. an unknown task)
+        loc = ".".join(str(x) for x in (e["loc"][:-1] if is_key else e["loc"]))
+        typ = e["type"]
+        if typ == "value_error":  # our validators' messages name the bad value themselves, one error a line;
+            msg = e["msg"].removeprefix("Value error, ")  # a line ".key: ..." names a key below loc
+            lines += [(loc + m if m.startswith(".") else f"{loc}: {m}") if loc else m.lstrip(".")
+                      for m in msg.splitlines()]
             continue
-        parts.append(f"{loc}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" else ""))
-    return "; ".join(parts)
+        if typ == "extra_forbidden":
+            allowed = _allowed_keys(tuple(e["loc"][:-1])) if root else None
+            hint = f"; allowed here: {allowed}" if allowed else "; see params.yaml comments for the allowed keys"
+            lines.append(f"{loc}: unknown key (check its spelling{hint})")
+            continue
+        msg = _MESSAGES.get(typ, e["msg"])
+        if typ == "literal_error" and e.get("ctx", {}).get("expected"):
+            msg = f"expected one of {e['ctx']['expected']}"
+        if isinstance(e.get("input"), bool) and typ in ("string_type", "literal_error"):
+            msg += "; YAML reads NO/YES/ON/OFF as booleans: quote the value, e.g. \"NO\""
+        got = "" if typ == "missing" else f" (got {_short(e.get('input'))})"
+        lines.append(f"{loc}: {'not an allowed key: ' if is_key else ''}{msg}{got}")
+    return lines
 
 
-def _check_models(params: Params) -> None:
-    """Every model named anywhere must be registered and its hyperparameters accepted by its constructor."""
-    from baselines.registry import available_models, check_hparams  # deferred: imports torch
+# ----------------------------------------------------------------------------------------------------------
+# Registry checks: every model named anywhere is registered and its hyperparameters match its constructor
+# ----------------------------------------------------------------------------------------------------------
 
-    known = set(available_models())
-    unknown = sorted({m for m in params.design if m not in known})
+#: Where the graphs a task's model reads were built: a model cutoff above it finds no extra edges.
+GRAPH_CUTOFF = {"is2re": "catalysis", "s2ef": "catalysis", "qm7x": "qm7x", "qm9": "qm9"}
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
+
+
+class _Constructor:
+    """What a registered model's ``__init__`` accepts: names, defaults, and a strict validator per annotation."""
+
+    def __init__(self, cls: type) -> None:
+        self.name = f"{cls.__name__}.__init__"
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        self.var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        named = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                  inspect.Parameter.KEYWORD_ONLY)]
+        self.defaults = {p.name: p.default for p in named if p.default is not inspect.Parameter.empty}
+        try:
+            hints = typing.get_type_hints(cls.__init__)
+        except Exception:  # unresolvable annotations: check names only
+            hints = {}
+        self.types: dict[str, tuple[str, TypeAdapter | None]] = {}
+        for p in named:
+            hint = hints.get(p.name)
+            if hint is None:
+                self.types[p.name] = ("any", None)
+                continue
+            label = getattr(hint, "__name__", None) if isinstance(hint, type) else None
+            label = label or str(hint).replace("typing.", "")
+            try:
+                self.types[p.name] = (label, TypeAdapter(hint, config=_STRICT))
+            except Exception:  # a type pydantic cannot validate (a tensor, a callable): not checked
+                self.types[p.name] = (label, None)
+        self.force_modes = getattr(cls, "force_modes", None)
+
+    def errors(self, where: str, model: str, hparams: dict[str, Any]) -> list[str]:
+        out = []
+        for key, value in hparams.items():
+            if key not in self.types:
+                if not self.var_kw:
+                    out.append(f"{where}.{key}: model {model!r} has no hyperparameter {key!r}; accepted: "
+                               f"{sorted(self.types)}")
+                continue
+            label, adapter = self.types[key]
+            if adapter is None:
+                continue
+            try:
+                adapter.validate_python(value)
+            except ValidationError:
+                example = f"; e.g. {key}: {self.defaults[key]!r}" if key in self.defaults else ""
+                out.append(f"{where}.{key}: {_short(value)} is not a valid {label} ({self.name} takes "
+                           f"{key}: {label}){example}")
+                continue
+            if key == "regress_forces" and self.force_modes is not None and value not in self.force_modes:
+                out.append(f"{where}.{key}: {value!r} is not supported by {model!r}; allowed: "
+                           f"{list(self.force_modes)}")
+        return out
+
+
+def _registry() -> tuple[list[str], Callable[[str], _Constructor]]:
+    from baselines.registry import available_models, get_model_class  # deferred: imports torch
+
+    cache: dict[str, _Constructor] = {}
+
+    def constructor(name: str) -> _Constructor:
+        if name not in cache:
+            cache[name] = _Constructor(get_model_class(name))
+        return cache[name]
+
+    return available_models(), constructor
+
+
+def model_errors(params: Params) -> list[str]:
+    """Every error of the models named in params: registered, hyperparameter names and types accepted by the
+    constructor, a cutoff within the dataset's graph cutoff. Imports the registry (torch)."""
+    known, constructor = _registry()
+    errors = []
+    unknown = sorted({c.model for c in params.train_cells.values() if c.model not in known})
     if unknown:
-        raise ConfigError(f"train_cells: unknown model(s) {unknown}; registered: {sorted(known)} "
-                          "(a model registers with @register('name') in a file of baselines/)")
+        errors.append(f"train_cells: unknown model(s) {unknown}; registered: {known} "
+                      "(a model registers with @register('name') in a file of baselines/)")
     for pname, prof in params.profiles.items():
+        at = f"profiles.{pname}"
         for mname, spec in prof.hparams.items():
             if mname not in known:
-                raise ConfigError(f"profiles.{pname}.hparams.{mname}: unknown model; registered: {sorted(known)}")
-            for task in DATASETS:
-                try:
-                    check_hparams(mname, spec.for_task(task))
-                except ValueError as err:
-                    raise ConfigError(f"profiles.{pname}.hparams.{mname} ({task}): {err}") from None
-        for mname, per_task in prof.train.overrides.items():
-            for task in per_task:
-                if task not in DATASETS:
-                    raise ConfigError(f"profiles.{pname}.train.overrides.{mname}.{task}: unknown task; "
-                                      f"allowed: {list(DATASETS)}")
-                try:
-                    prof.train.for_run(mname, task)
-                except ValueError as err:
-                    raise ConfigError(f"profiles.{pname}.{err}") from None
+                errors.append(f"{at}.hparams.{mname}: unknown model; registered: {known}")
+                continue
+            for section in ("common", *DATASETS):
+                errors += constructor(mname).errors(f"{at}.hparams.{mname}.{section}", mname, getattr(spec, section))
+        for mname in prof.train.overrides:
+            if mname not in known:
+                errors.append(f"{at}.train.overrides.{mname}: unknown model; registered: {known}")
         for name in prof.expressivity.models:
             base, _, method = name.partition("-")
             if base not in known or (method and method not in SYMMETRY_METHODS):
-                raise ConfigError(f"profiles.{pname}.expressivity.models: {name!r} is not <model> or "
-                                  f"<model>-<symmetry>; models: {sorted(known)}, symmetry: {list(SYMMETRY_METHODS)}")
+                errors.append(f"{at}.expressivity.models: {name!r} is not <model> or <model>-<symmetry>; "
+                              f"models: {known}, symmetry: {list(SYMMETRY_METHODS)}")
+        for key, hp in prof.expressivity.hparams.items():
+            base = key.partition("-")[0]
+            if base not in known:
+                errors.append(f"{at}.expressivity.hparams.{key}: unknown model; registered: {known}")
+            else:
+                errors += constructor(base).errors(f"{at}.expressivity.hparams.{key}", base, hp)
+        errors += _cutoff_errors(params, pname, prof, known, constructor)
+    return errors
 
 
-def parse_params(raw: dict[str, Any], check_models: bool = True) -> Params:
-    """Validate a params mapping; raise ConfigError with the offending key path.
+def _cutoff_errors(params: Params, pname: str, prof: Profile, known: list[str],
+                   constructor: Callable[[str], _Constructor]) -> list[str]:
+    """A trained cell whose model cutoff exceeds the cutoff its dataset's graphs were built with."""
+    errors, seen = [], set()
+    for name, c in params.train_cells.items():
+        if c.model not in known or (c.model, c.dataset) in seen or not _selected(prof.train.only, name):
+            continue
+        seen.add((c.model, c.dataset))
+        hp = prof.model_hparams(c.model, c.dataset)
+        cut = hp.get("cutoff", constructor(c.model).defaults.get("cutoff"))
+        source = GRAPH_CUTOFF[c.dataset]
+        graph = getattr(prof.data, source).cutoff
+        if isinstance(cut, int | float) and not isinstance(cut, bool) and cut > graph:
+            where = "cutoff" if "cutoff" in hp else "cutoff (the constructor's default)"
+            errors.append(f"profiles.{pname}.hparams.{c.model} ({c.dataset}): {where} {cut} Å exceeds "
+                          f"profiles.{pname}.data.{source}.cutoff {graph} Å, the radius {c.dataset}'s graphs are "
+                          f"built with; set the model's cutoff <= {graph} or raise data.{source}.cutoff")
+    return errors
+
+
+def validate_models(params: Params) -> None:
+    """``model_errors`` as a ConfigError (stages that build models call it before any work)."""
+    errors = model_errors(params)
+    if errors:
+        raise ConfigError([f"params.yaml: {e}" for e in errors])
+
+
+def parse_params(raw: Any, check_models: bool = True, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ConfigError with one line per error, each naming its key path.
 
     ``check_models=False`` skips the registry checks (they import torch): for stages that only need to
     know whether they have work to do.
     """
+    if raw is None:
+        raise ConfigError(f"{source}: the file is empty; it needs the keys profile, train_cells and profiles")
     if not isinstance(raw, dict):
-        raise ConfigError(f"params must be a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(f"{source}: the top level must be a mapping with the keys profile, train_cells and "
+                          f"profiles, got a {type(raw).__name__}")
     try:
         params = Params(**raw)
     except ValidationError as err:
-        raise ConfigError(f"params.yaml is invalid: {_first_error(err)}") from None
+        raise ConfigError([f"{source}: {line}" for line in _error_lines(err, root=True)]) from None
     if check_models:
-        _check_models(params)
+        errors = model_errors(params)
+        if errors:
+            raise ConfigError([f"{source}: {e}" for e in errors])
     return params
 
 
@@ -542,12 +777,29 @@ def load_params(path: Path | str = PARAMS_PATH, check_models: bool = True) -> Pa
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found: run from the repository root (where params.yaml lives)")
-    with path.open() as fh:
-        try:
-            raw = yaml.safe_load(fh)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
-    return parse_params(raw, check_models=check_models)
+    # Messages name the repository's file as "params.yaml", any other file by its path.
+    source = "params.yaml" if path.resolve() == PARAMS_PATH.resolve() else str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else source
+        what = ", ".join(str(x) for x in (getattr(err, "context", None), getattr(err, "problem", None)) if x)
+        raise ConfigError(f"{where}: not valid YAML: {what or str(err).splitlines()[0]}") from None
+    return parse_params(raw, check_models=check_models, source=source)
+
+
+def stage_main(body: Callable[[Params], int], check_models: bool = True,
+               path: Path | str = PARAMS_PATH) -> int:
+    """Every stage's ``main()``: load and validate params, run ``body(params)``; a ConfigError (from loading
+    or raised by the body) is printed one error a line, without a traceback, and returns 2."""
+    try:
+        params = load_params(path, check_models=check_models)
+        return body(params)
+    except ConfigError as err:
+        for line in err.errors:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
 
 
 def params_hash(params: Params) -> str:
@@ -573,7 +825,25 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-if __name__ == "__main__":  # `python -m pipeline.config` validates params.yaml and prints the active profile
-    p = load_params()
-    print(f"params.yaml OK: profile={p.profile}, hash={params_hash(p)}, "
-          f"{len(p.trained_cells())} of {len(p.designed_cells())} designed cells trained")
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.config [--stamp FILE]``: validate params.yaml (registry checks included); with
+    ``--stamp``, write the constant VALIDATED_STAMP there on success (the DVC stage ``validate``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Validate params.yaml before any work.")
+    ap.add_argument("--params", default=str(PARAMS_PATH), help="params file (default: the repository's)")
+    ap.add_argument("--stamp", type=Path, help="write the constant validation stamp here on success")
+    args = ap.parse_args(argv)
+
+    def report(p: Params) -> int:
+        print(f"{Path(args.params).name}: OK (profile {p.profile}, {len(p.trained_cells())} cells)")
+        if args.stamp is not None:
+            args.stamp.parent.mkdir(parents=True, exist_ok=True)
+            args.stamp.write_text(json.dumps(VALIDATED_STAMP, indent=2) + "\n")
+        return 0
+
+    return stage_main(report, path=args.params)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

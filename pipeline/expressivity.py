@@ -83,7 +83,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ROOT, ConfigError, ExpressivityConfig, flatten, load_params, params_hash
+from faenet.procs import die_with_parent
+from pipeline.config import ROOT, ConfigError, ExpressivityConfig, Params, flatten, params_hash, stage_main
 from pipeline.tables import TABLES, mean_std, paper_row
 from pipeline.tracking import provenance, write_json
 
@@ -313,7 +314,7 @@ def run_experiments(cfg: ExpressivityConfig, experiments: list[Experiment], prog
                 _warm_caches(cfg)
         # The pool exists before the progress bar: tqdm's monitor thread must not be running at fork time.
         by_name = {e.name: e for e in jobs}
-        with mp.get_context(method).Pool(workers, initializer=_init_worker) as pool:
+        with mp.get_context(method).Pool(workers, initializer=die_with_parent, initargs=(_init_worker,)) as pool:
             it = pool.imap_unordered(_job, [(e, cfg) for e in jobs], chunksize=1)
             with tqdm(total=len(jobs), desc=f"expressivity ({workers} workers)", unit="exp",
                       disable=not progress) as bar:
@@ -459,19 +460,17 @@ def run_stage(cfg: ExpressivityConfig, *, profile: str, tables_dir: Path = TABLE
 
 
 def main() -> int:
-    try:
-        params = load_params()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return stage_main(_main)
+
+
+def _main(params: Params) -> int:
     cfg = params.active.expressivity
     tags = {k: v for k, v in provenance().items() if isinstance(v, str)}
     tags.update(profile=params.profile, params_hash=params_hash(params))
     try:
         metrics = run_stage(cfg, profile=params.profile, tags=tags)
-    except ConfigError as err:
-        print(f"error: profiles.{params.profile}.{err}", file=sys.stderr)
-        return 2
+    except ConfigError as err:  # run_stage's paths are relative to the profile
+        raise ConfigError([f"profiles.{params.profile}.{line}" for line in err.errors]) from None
     s = metrics["seconds"]
     print(f"expressivity: {len(plan(cfg))} experiments x {cfg.n_seeds} seeds in {s['total']:.0f} s on "
           f"{metrics['workers']} workers ({s['cpu_experiments']:.0f} CPU s of experiments, MLflow {s['mlflow']:.0f} s)")

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CATALYSIS, ROOT, CatalysisData, ConfigError, QM7XData, QM9Data, load_params
+from pipeline.config import CATALYSIS, ROOT, CatalysisData, Params, QM7XData, QM9Data, stage_main
 from pipeline.tracking import write_json
 
 DATA = ROOT / "data"
@@ -102,11 +102,10 @@ def fetch_qm9(d: QM9Data) -> dict[str, Any]:
 
 
 def main() -> int:
-    try:
-        params = load_params()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return stage_main(fetch_all)
+
+
+def fetch_all(params: Params) -> int:
     d = params.active.data
     t0 = time.perf_counter()
     summaries: dict[str, Any] = {}

@@ -15,7 +15,7 @@ from typing import Any
 
 from faenet.metrics import mean_relative_improvement
 from faenet.tasks import OC20_VAL_SPLITS
-from pipeline.config import EVAL_SPLITS, ROOT, ConfigError, load_params, params_hash
+from pipeline.config import EVAL_SPLITS, ROOT, Params, params_hash, stage_main
 from pipeline.tables import MISSING, fmt, fmt_ms, load_paper, mean_std, paper_row, write_table
 from pipeline.tracking import provenance, write_json
 
@@ -442,11 +442,10 @@ def write_index(profile: str, figures: list[str], claims_summary: str) -> None:
 
 
 def main() -> int:
-    try:
-        params = load_params()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return stage_main(_main)
+
+
+def _main(params: Params) -> int:
     from pipeline.claims import evaluate_claims, write_claims
 
     ctx = load_metrics()

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,14 @@ class RunSpec:
         return digest(parts)
 
     @property
+    def mlflow_tags(self) -> dict[str, str]:
+        """The MLflow run's tags; ``run_key`` (with the run name, its identity) lets a resumed run mark the
+        runs of its killed attempts KILLED (``pipeline.tracking.end_stale_runs``)."""
+        from pipeline.tracking import RUN_KEY_TAG
+
+        return {**self.tags, "target": self.target, RUN_KEY_TAG: self.key}
+
+    @property
     def ckpt_path(self) -> Path:
         return WORK / "ckpt" / self.folder / f"{self.tag}-{self.key}.pt"
 
@@ -116,6 +125,15 @@ def build_wrapped(spec: RunSpec):
     torch.manual_seed(spec.seed)
     net = build_model(spec.model_name, **spec.hparams)
     return net, SymmetryWrapper(net, spec.symmetry, frame_dim=spec.frame_dim)
+
+
+def check_splits(model: Any, sets: Mapping[str, Any], eval_names: Sequence[str]) -> None:
+    """Refuse an empty split, or one with atomic numbers ``model`` does not embed, before any training: the
+    last eval splits are otherwise first read after the whole run (``faenet.data.dataset.check_split``)."""
+    from faenet.data.dataset import check_split
+
+    for name in ("train", *eval_names):
+        check_split(model, sets[name], name)
 
 
 def load_final(spec: RunSpec):
@@ -155,9 +173,10 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
     from pipeline.tracking import mlflow_run
 
     net, wrapped = build_wrapped(spec)
+    check_splits(net, sets, eval_names)
     n_params = sum(p.numel() for p in net.parameters())
     run_params = {**spec.run_params, "n_params": n_params}
-    with mlflow_run(spec.name, run_params, {**spec.tags, "target": spec.target}) as mlf:
+    with mlflow_run(spec.name, run_params, spec.mlflow_tags) as mlf:
         import mlflow
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
@@ -167,7 +186,9 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
                        checkpoint_path=spec.ckpt_path, on_epoch=on_epoch)
         if result.resumed_from_epoch:
             print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}")
-        final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces)
+            for i, row in enumerate(result.history[:result.resumed_from_epoch]):  # the killed attempt's epochs
+                mlflow.log_metrics(row, step=i + 1)
+        final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces, split=n)
                  for n in eval_names}
         if spec.target != "energy":
             final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
@@ -182,10 +203,14 @@ def train_or_reuse(spec: RunSpec, sets: Mapping[str, Any], eval_names: list[str]
                "n_params": n_params, "train_seconds": result.train_seconds,
                "epoch_seconds": result.epoch_seconds,
                "history": [{"epoch": i + 1, **h} for i, h in enumerate(result.history)]}
-        write_json(spec.result_path, run)
         mlflow.log_artifact(str(out_ckpt if out_ckpt is not None else spec.final_path), "checkpoint")
-        mlflow.log_artifact(str(spec.result_path), "metrics")
+        with tempfile.TemporaryDirectory() as tmp:  # the record, as it will be filed
+            write_json(Path(tmp) / spec.result_path.name, run)
+            mlflow.log_artifact(str(Path(tmp) / spec.result_path.name), "metrics")
         mlflow.log_dict(spec.config, "resolved_config.json")
+        # Filed last: a record with a run_id means "done", so a kill before it resumes (and marks this run
+        # KILLED) instead of reusing a run left RUNNING; only the run's end remains after it.
+        write_json(spec.result_path, run)
     remove_checkpoint(spec.ckpt_path)  # and its .prev: the .final.pt holds what a rerun needs
     return run
 
@@ -227,12 +252,13 @@ def fit(job: Job, on_epoch=None) -> dict[str, Any]:
     spec, sets = job.spec, job.data.open()
     started = time.time()
     net, wrapped = build_wrapped(spec)
+    check_splits(net, sets, job.eval_names)
     result = train(wrapped, sets["train"], {n: sets[n] for n in job.eval_names[:1]}, spec.settings,
                    job.needs_forces, checkpoint_path=spec.ckpt_path, on_epoch=on_epoch,
                    progress=on_epoch is not None)
     if result.resumed_from_epoch:
         print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}", flush=True)
-    final = {n: evaluate(wrapped, sets[n], job.eval_batch_size, result.normalizer, job.needs_forces)
+    final = {n: evaluate(wrapped, sets[n], job.eval_batch_size, result.normalizer, job.needs_forces, split=n)
              for n in job.eval_names}
     if spec.target != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply
         final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
@@ -265,7 +291,7 @@ def _log_finished(job: Job, run: dict[str, Any]) -> dict[str, Any]:
 
     spec = job.spec
     run_id = log_finished_run(
-        spec.name, {**spec.run_params, "n_params": run["n_params"]}, {**spec.tags, "target": spec.target},
+        spec.name, {**spec.run_params, "n_params": run["n_params"]}, spec.mlflow_tags,
         history=run["history"], final=run["final"], artifacts={"checkpoint": str(spec.final_path),
                                                                "metrics": str(spec.result_path)},
         config=spec.config, start_time=run.get("started"), end_time=run.get("ended"))
@@ -278,6 +304,8 @@ def run_all(jobs: list[Job], workers: int = 1, threads: int = 1) -> list[dict[st
     """Run every job (``train_or_reuse`` semantics), ``workers`` at a time; records in job order."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
+
+    from faenet.procs import die_with_parent
 
     records: list[dict[str, Any] | None] = [None] * len(jobs)
     todo = []
@@ -297,8 +325,8 @@ def run_all(jobs: list[Job], workers: int = 1, threads: int = 1) -> list[dict[st
     else:
         n = min(workers, len(todo))
         print(f"{len(todo)} runs in {n} processes x {max(1, threads // n)} threads", flush=True)
-        with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(max(1, threads // n),)) as pool:
+        with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"), initializer=die_with_parent,
+                                 initargs=(_worker_init, max(1, threads // n))) as pool:
             futures = {k: pool.submit(_fit_in_worker, jobs[k]) for k in todo}
             for k in todo:  # in job order, so MLflow and the metrics see a deterministic order
                 records[k] = _log_finished(jobs[k], futures[k].result())

@@ -81,10 +81,9 @@ from pipeline.config import (
     EVAL_SPLITS,
     FRAME_DIM,
     ROOT,
-    ConfigError,
     Params,
-    load_params,
     params_hash,
+    stage_main,
 )
 from pipeline.symmetry_tables import SPLITS, fmt_stat, ordered_rows, row_label, write_tables
 from pipeline.tables import mean_std
@@ -416,9 +415,11 @@ def _run_all(jobs: list[_Job], params: Params, paths: StagePaths, progress: bool
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
+        from faenet.procs import die_with_parent
+
         # spawn, not fork: the parent has imported torch, and forking a process with OpenMP state can hang.
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(min(cfg.workers, len(jobs)), mp_context=ctx, initializer=die_with_parent) as pool:
             futures = {pool.submit(run_job, jobs[i], params, paths): i for i in order}
             try:
                 for fut in as_completed(futures):
@@ -529,11 +530,10 @@ def run_stage(params: Params, paths: StagePaths, log_run: RunLogger | None = Non
 
 
 def main() -> int:
-    try:
-        params = load_params()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return stage_main(_main)
+
+
+def _main(params: Params) -> int:
     t0 = time.perf_counter()
     try:
         result = run_stage(params, StagePaths.under(ROOT), mlflow_logger(params))

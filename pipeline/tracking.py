@@ -78,17 +78,64 @@ def _params(params: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(k, str(v)[:500]) for k, v in params.items()]
 
 
+RUN_KEY_TAG = "run_key"  # with the run name, a run's identity: a resumed run replaces its killed attempts
+
+
+def end_stale_runs(client: Any, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> list[str]:
+    """Mark KILLED the RUNNING runs with ``run_name`` and the ``run_key`` tag of ``tags``; returns their ids.
+
+    A run of a given identity is only ever started by one process at a time (DVC runs one stage at a time, and
+    only the parent process logs to MLflow), so a RUNNING one met when the identity starts again is a run
+    whose process died (SIGKILL, SIGTERM, the OOM killer, a power cut) before it could end the run.
+    Nothing is done without a ``run_key`` tag.
+    """
+    key = tags.get(RUN_KEY_TAG)
+    if not key:
+        return []
+    if "'" in key:
+        raise ValueError(f"MLflow tag {RUN_KEY_TAG}={key!r} of run {run_name!r} contains a quote; it must be a "
+                         f"plain key (RunSpec.key is a hex digest)")
+    stale = client.search_runs([experiment_id], f"tags.{RUN_KEY_TAG} = '{key}' and attributes.status = 'RUNNING'",
+                               max_results=1000)
+    ids = []
+    for r in stale:
+        if r.info.run_name == run_name:
+            client.set_terminated(r.info.run_id, "KILLED")
+            print(f"{run_name}: MLflow run {r.info.run_id} was left RUNNING by a killed process; marked KILLED",
+                  flush=True)
+            ids.append(r.info.run_id)
+    return ids
+
+
+def _interrupted(err: BaseException) -> bool:
+    return isinstance(err, KeyboardInterrupt | SystemExit)
+
+
 @contextmanager
 def mlflow_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[Any]:
-    """Start an MLflow run in the project experiment; yields the active run."""
-    import mlflow
+    """Start an MLflow run in the project experiment; yields the active run.
 
-    mlflow.set_experiment(experiment_id=_experiment_id())
+    Earlier RUNNING runs of the same identity (``run_name`` and tag ``run_key``) are marked KILLED first
+    (:func:`end_stale_runs`). The run ends FINISHED, FAILED on an exception, KILLED on KeyboardInterrupt
+    (Ctrl-C, DVC's SIGINT) or SystemExit; a process killed outright leaves it RUNNING until its identity runs
+    again (no signal handler is installed: the process's signal handling stays the caller's).
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    exp_id = _experiment_id()
+    end_stale_runs(MlflowClient(tracking_uri()), exp_id, run_name, tags)
+    mlflow.set_experiment(experiment_id=exp_id)
     with mlflow.start_run(run_name=run_name, tags=dict(tags)) as run:
-        items = _params(params)
-        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            mlflow.log_params(dict(items[i:i + 100]))
-        yield run
+        try:
+            items = _params(params)
+            for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+                mlflow.log_params(dict(items[i:i + 100]))
+            yield run
+        except BaseException as err:
+            if _interrupted(err):  # mlflow's own __exit__ would say FAILED; it skips a run already ended
+                mlflow.end_run("KILLED")
+            raise
 
 
 def log_finished_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str, str], *,
@@ -97,7 +144,8 @@ def log_finished_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str
                      end_time: float | None = None) -> str:
     """Log a run that finished elsewhere (a worker process): params, per-epoch metrics at their epochs
     (``history`` rows with ``epoch``), ``final_<split>_<metric>``, artifacts ``{folder: path}``, the resolved
-    config, and its real start/end times (Unix seconds). Returns the run id."""
+    config, and its real start/end times (Unix seconds). Returns the run id. Earlier RUNNING runs of the same
+    identity are marked KILLED first (:func:`end_stale_runs`)."""
     import time
 
     from mlflow.entities import Metric, Param
@@ -107,7 +155,9 @@ def log_finished_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str
         return int(t * 1000)
 
     client = MlflowClient(tracking_uri())
-    run = client.create_run(_experiment_id(), start_time=ms(start_time or time.time()), tags=dict(tags),
+    exp_id = _experiment_id()
+    end_stale_runs(client, exp_id, run_name, tags)
+    run = client.create_run(exp_id, start_time=ms(start_time or time.time()), tags=dict(tags),
                             run_name=run_name)
     rid = run.info.run_id
     try:
@@ -124,8 +174,8 @@ def log_finished_run(run_name: str, params: Mapping[str, Any], tags: Mapping[str
             client.log_artifact(rid, path, folder)
         client.log_dict(rid, dict(config), "resolved_config.json")
         client.set_terminated(rid, "FINISHED", end_time=ms(end_time or time.time()))
-    except BaseException:
-        client.set_terminated(rid, "FAILED")
+    except BaseException as err:
+        client.set_terminated(rid, "KILLED" if _interrupted(err) else "FAILED")
         raise
     return rid
 

@@ -32,7 +32,8 @@ from pipeline.config import (
     ConfigError,
     Params,
     cell_name,
-    load_params,
+    stage_main,
+    validate_models,
 )
 from pipeline.tables import mean_std
 from pipeline.tracking import write_json
@@ -53,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", required=True, choices=DATASETS)
     ap.add_argument("--symmetry", required=True, choices=SYMMETRY_METHODS)
     args = ap.parse_args(argv)
-    try:
-        params = load_params(check_models=False)  # the registry (torch) only if there is work to do
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # The registry (torch) only if there is work to do: _main validates the models then.
+    return stage_main(lambda params: _main(params, args), check_models=False)
+
+
+def _main(params: Params, args: argparse.Namespace) -> int:
     cell = cell_name(args.model, args.dataset, args.symmetry)
     metrics_path = ROOT / "metrics" / "train" / f"{cell}.json"
     curves_path = ROOT / "metrics" / "train" / "curves" / f"{cell}.csv"
@@ -69,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_skip(cell, f"not trained: {why}", metrics_path, curves_path, models_dir)
         print(f"{cell}: not trained ({why})")
         return 0
-    try:
-        params = load_params()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    validate_models(params)
     return run_cell(params, args.model, args.dataset, args.symmetry, metrics_path, curves_path, models_dir)
 
 

@@ -53,6 +53,7 @@ from torch_geometric.data import Data
 from faenet.data.records import TAG_ADSORBATE, TAG_SUBSURFACE, TAG_SURFACE, validate_record
 from faenet.data.store import dumps, loads, write_lmdb
 from faenet.graph import radius_graph
+from faenet.procs import die_with_parent
 from faenet.tasks import CATALYSIS, EVAL_SPLITS
 
 EMT_METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
@@ -485,7 +486,7 @@ def generate_catalysis(
 
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         with ProcessPoolExecutor(max_workers=min(int(workers), len(todo)), mp_context=mp.get_context(method),
-                                 initializer=_init_worker) as ex:
+                                 initializer=die_with_parent, initargs=(_init_worker,)) as ex:
             futures = [ex.submit(_run_and_cache, s, p, str(path)) for s, path in todo]
             for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress,
                             desc="EMT relaxations", unit="system"):

@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from faenet.procs import die_with_parent
+
 if TYPE_CHECKING:
     from torch_geometric.data import Data
 
@@ -343,7 +345,7 @@ def label_molecules(tasks: Sequence[dict[str, Any]], *, workers: int, cache_dir:
     todo = [i for i, r in enumerate(results) if r is None]
     if todo:
         ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up is unsafe
-        with ctx.Pool(min(workers, len(todo)), initializer=_init_worker) as pool:
+        with ctx.Pool(min(workers, len(todo)), initializer=die_with_parent, initargs=(_init_worker,)) as pool:
             it = pool.imap(_run_task, [tasks[i] for i in todo], chunksize=1)
             bar = tqdm(it, total=len(todo), desc=f"GFN2-xTB labels ({tasks[0]['kind']})",
                        disable=not progress)
