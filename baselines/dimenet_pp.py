@@ -43,13 +43,9 @@ from baselines.registry import register
 from baselines.schnet import check_force_mode, edge_geometry, forces_from_energy, graph_index
 from faenet.graph import triplets
 
-_ARCH = {"out_emb_channels": 192, "num_blocks": 3, "int_emb_size": 64, "basis_emb_size": 8,
-         "num_spherical": 7, "num_radial": 6, "envelope_exponent": 5, "num_before_skip": 1,
-         "num_after_skip": 2, "num_output_layers": 3, "cutoff": 6.0}
-# OCP configs (baselines_facts.md §2.5): IS2RE-all and S2EF-2M; "small" runs on 2 CPU cores.
+# A size that runs on 2 CPU cores (``get_presets``); the paper's configurations are params.yaml's
+# ``profiles.paper.hparams.dimenet_pp``.
 PRESETS: dict[str, dict[str, Any]] = {
-    "is2re": {"hidden_channels": 256, **_ARCH, "regress_forces": ""},
-    "s2ef": {"hidden_channels": 192, **_ARCH, "regress_forces": "from_energy", "detach_angles": True},
     "small": {"hidden_channels": 16, "out_emb_channels": 32, "num_blocks": 1, "int_emb_size": 16,
               "basis_emb_size": 4, "num_spherical": 4, "num_radial": 4, "cutoff": 6.0, "regress_forces": ""},
 }
@@ -187,7 +183,7 @@ class DimeNetPP(nn.Module):
     Directional messages ``m_ji`` on edges: embedding ``m_ji = act(W[h_i, h_j, act(W rbf(d_ji))])``, then
     ``num_blocks`` interaction blocks aggregating ``m_kj`` over triplets k -> j -> i with the spherical basis
     ``sbf(d_kj, angle_kji)``; every block's output block sums ``rbf ⊙ m`` into atoms; the energy is the
-    per-graph sum. Defaults are the OCP IS2RE preset (``PRESETS["is2re"]``).
+    per-graph sum. Defaults are OCP's IS2RE configuration (params.yaml ``profiles.paper.hparams.dimenet_pp``).
 
     Args:
         hidden_channels, out_emb_channels, int_emb_size, basis_emb_size, num_blocks: DimeNet++ sizes.

@@ -31,14 +31,9 @@ from torch_geometric.utils import scatter
 from baselines.registry import register
 from baselines.schnet import check_force_mode, edge_geometry, forces_from_energy, graph_index
 
-_ARCH = {"hidden_channels": 512, "num_interactions": 5, "cutoff": 6.0, "feat": "full", "num_freqs": 50,
-         "max_n": 3, "basis": "sphallmul", "depth_mlp_edge": 2, "depth_mlp_node": 1,
-         "activation_str": "swish", "decoder_hidden_channels": 512, "decoder_type": "mlp",
-         "decoder_activation_str": "swish"}
-# OCP fn_forceonly.yml / the authors' fork (baselines_facts.md §3.5); "small" runs on 2 CPU cores.
+# A size that runs on 2 CPU cores (``get_presets``); the paper's configurations are params.yaml's
+# ``profiles.paper.hparams.forcenet``.
 PRESETS: dict[str, dict[str, Any]] = {
-    "is2re": {**_ARCH, "regress_forces": ""},
-    "s2ef": {**_ARCH, "regress_forces": "direct"},
     "small": {"hidden_channels": 32, "num_interactions": 2, "cutoff": 6.0, "num_freqs": 8,
               "decoder_hidden_channels": 32, "regress_forces": ""},
 }
@@ -289,7 +284,8 @@ class ForceNetInteraction(MessagePassing):
 class ForceNet(nn.Module):
     """ForceNet on the precomputed (periodic) graph; NOT rotation-invariant by design.
 
-    Defaults are OCP's configuration (``PRESETS["is2re"]``; "s2ef" adds the direct force head).
+    Defaults are OCP's configuration (OCP fn_forceonly.yml / the authors' fork; params.yaml
+    ``profiles.paper.hparams.forcenet``; S2EF adds the direct force head).
 
     Args:
         hidden_channels, num_interactions: width and depth of message passing.

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from faenet.checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from faenet.data.dataset import check_split
+from faenet.metrics import energy_mae, energy_within_threshold, force_mae
 
 
 @dataclass(frozen=True)
@@ -201,18 +202,13 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalize
     return res
 
 
-#: Energy within threshold (OC20's EwT): |E_pred - E_true| below 0.02 eV.
-EWT_THRESHOLD_EV = 0.02
-
-
 def mae_metrics(pred: Mapping[str, Tensor]) -> dict[str, float]:
-    """Energy MAE (target units, eV for energies), EwT (fraction of graphs with |error| < 0.02 eV, OC20's
-    energy-within-threshold) and, when present, force MAE over free atoms (eV/Å, mean over components)."""
-    err = (pred["energy"] - pred["y"]).abs()
-    out = {"energy_mae": float(err.mean()), "energy_ewt": float((err < EWT_THRESHOLD_EV).float().mean())}
+    """Energy MAE, EwT and, when present, force MAE over free atoms (``faenet.metrics``) of ``predict``'s
+    output."""
+    out = {"energy_mae": energy_mae(pred["energy"], pred["y"]),
+           "energy_ewt": energy_within_threshold(pred["energy"], pred["y"])}
     if "forces" in pred:
-        m = pred["free"]
-        out["force_mae"] = float((pred["forces"][m] - pred["force"][m]).abs().mean())
+        out["force_mae"] = force_mae(pred["forces"], pred["force"], pred["free"])
     return out
 
 

@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from faenet.tasks import OC20_VAL_SPLITS
 from pipeline.config import ROOT, ConfigError, Params, params_hash, stage_main
 from pipeline.tables import MISSING, TABLES, fmt_ms, mean_std, paper_row, write_table
 from pipeline.tracking import machine_info, package_versions, write_json
@@ -55,7 +56,7 @@ from pipeline.tracking import machine_info, package_versions, write_json
 DATA = ROOT / "data" / "is2re"
 RESULTS_PATH = ROOT / "results" / "ablation.json"
 HEADLINE_PATH = ROOT / "metrics" / "ablation.json"
-VAL_SPLITS = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
+VAL_SPLITS = OC20_VAL_SPLITS
 BASELINE = "FAENet (baseline)"
 
 
@@ -87,17 +88,18 @@ def selected_variants(params: Params) -> list[str]:
 
 def resolve_variant(params: Params, row: str | None = None):
     """The ablation's cell (``pipeline.resolve.ResolvedCell``): FAENet on IS2RE with ``ablation.symmetry``, the
-    paper's IS2RE architecture (``faenet.model.TABLE7["is2re"]``: mp_type "base", complex MP, weighted energy
-    head, concatenated jumping connections, two-layer MLPs, r_ij + RBF edge embedding, 40 neighbours) under
-    the profile's FAENet IS2RE hyperparameters (its sizes, and any switch it sets), then Table 6 row ``row``'s
-    switches (None: the baseline configuration itself); the profile's ``train.is2re`` settings with
-    ``ablation.epochs``; the four val splits. Without the Table 7 switches several rows would equal the
-    baseline (the constructor's defaults are "updownscale_base", no complex MP, sum pooling)."""
-    from faenet.model import TABLE7
+    paper's IS2RE architecture (params.yaml ``profiles.paper.hparams.faenet.is2re``, Table 7: mp_type "base",
+    complex MP, weighted energy head, concatenated jumping connections, two-layer MLPs, r_ij + RBF edge
+    embedding, 40 neighbours) under the profile's FAENet IS2RE hyperparameters (its sizes, and any switch it
+    sets), then Table 6 row ``row``'s switches (None: the baseline configuration itself); the profile's
+    ``train.is2re`` settings with ``ablation.epochs``; the four val splits. Without the Table 7 switches several
+    rows would equal the baseline (the constructor's defaults are "updownscale_base", no complex MP, sum
+    pooling)."""
     from pipeline.resolve import resolve_cell
 
     a = params.active.ablation
-    return resolve_cell(params, "faenet", "is2re", a.symmetry, hparam_base=TABLE7["is2re"], table6_row=row,
+    paper_is2re = resolve_cell(params, "faenet", "is2re", a.symmetry, profile="paper").hparams
+    return resolve_cell(params, "faenet", "is2re", a.symmetry, hparam_base=paper_is2re, table6_row=row,
                         epochs=a.epochs, eval_splits=VAL_SPLITS)
 
 

@@ -26,12 +26,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from faenet.metrics import relative_improvement
+from faenet.tasks import OC20_VAL_SPLITS
 from pipeline.tables import load_paper, paper_row
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURABLE = "reproduced", "not reproduced", "not measurable here"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_MEASURABLE)
 PRECISION_MEV = 0.1  # "up to float precision": the paper's Full FA values are 0.03-0.07 meV
-OC20_SPLITS = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
+OC20_SPLITS = OC20_VAL_SPLITS
 
 
 @dataclass
@@ -317,7 +319,7 @@ def c_is2re_ewt(ctx, c):
 def c_is2re_vs_schnet(ctx, c):
     c.paper = _text("is2re_mae_improvement_vs_schnet")[0]
     f, s = mae(ctx, "faenet-is2re-sfa"), mae(ctx, "schnet-is2re-none")
-    c.ours, c.inputs = round((s[0] - f[0]) / s[0], 4), {"faenet": _pm(f), "schnet": _pm(s)}
+    c.ours, c.inputs = round(relative_improvement(f[0], s[0]), 4), {"faenet": _pm(f), "schnet": _pm(s)}
     return c.ours >= c.paper / 2
 
 
@@ -343,9 +345,9 @@ def c_s2ef_forces_best(ctx, c):
 def c_s2ef_vs_forcenet(ctx, c):
     p_f = _t("table1_s2ef", "faenet", "energy_mae", "average")
     p_n = _t("table1_s2ef", "forcenet", "energy_mae", "average")
-    c.paper = round((p_n - p_f) / p_n, 4)
+    c.paper = round(relative_improvement(p_f, p_n), 4)
     f, n = mae(ctx, "faenet-s2ef-sfa"), mae(ctx, "forcenet-s2ef-none")
-    c.ours, c.inputs = round((n[0] - f[0]) / n[0], 4), {"faenet": _pm(f), "forcenet": _pm(n)}
+    c.ours, c.inputs = round(relative_improvement(f[0], n[0]), 4), {"faenet": _pm(f), "forcenet": _pm(n)}
     return c.ours >= c.paper / 2
 
 

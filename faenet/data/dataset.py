@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torch_geometric.data import Data
 
-from faenet.data.oc20 import TASKS as OC20_TASKS
 from faenet.data.oc20 import convert_oc20_record
 from faenet.data.records import TAG_SUBSURFACE, check_record_atomic_numbers, validate_record
 from faenet.data.store import LmdbReader
+from faenet.tasks import CATALYSIS, FORCE_TASKS, TASKS
 
 
 def lmdb_files(path_or_paths: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
@@ -43,11 +43,6 @@ def lmdb_files(path_or_paths: str | os.PathLike | list[str | os.PathLike]) -> li
                                     "generate_catalysis or `dvc repro fetch`) or download it "
                                     "(faenet.data.oc20)")
     return files
-
-
-TASKS = (*OC20_TASKS, "qm7x", "qm9")
-#: Tasks whose records must carry per-atom forces.
-FORCE_TASKS = ("s2ef", "qm7x")
 
 
 class GraphDataset(Dataset):
@@ -94,7 +89,7 @@ class GraphDataset(Dataset):
         db, local = self._locate(idx)
         where = f"{self.files[db]}[{local}]"
         rec = self.readers[db][local]
-        if self.task in OC20_TASKS:
+        if self.task in CATALYSIS:
             try:
                 rec = convert_oc20_record(rec, self.task)
             except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
