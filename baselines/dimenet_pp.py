@@ -12,6 +12,11 @@ angle between ``vec_ji`` (i to j) and ``vec_kj`` (j to k), as in OCP and PyG >= 
 OCP details kept: output blocks' up-projection has a bias; energy = per-graph sum. OCP detaches the
 positions in the angle term, so its ``-dE/dx`` ignores angular forces; that is ``detach_angles=True`` here
 (in the "s2ef" preset), while the default ``False`` gives exact conservative forces.
+
+Every gather with gradients is ``index_select``, never ``x[idx]`` (PyG's ``EmbeddingBlock`` and
+``InteractionPPBlock`` are overridden for that): the backward of advanced indexing (``index_put_`` with
+accumulate) adds with float atomics from several CPU threads on large tensors, so training on 2 threads was not
+reproducible; ``index_select``'s backward (``index_add_``) sums in index order. Same values, same parameters.
 """
 
 from __future__ import annotations
@@ -38,13 +43,9 @@ from baselines.registry import register
 from baselines.schnet import check_force_mode, edge_geometry, forces_from_energy, graph_index
 from faenet.graph import triplets
 
-_ARCH = {"out_emb_channels": 192, "num_blocks": 3, "int_emb_size": 64, "basis_emb_size": 8,
-         "num_spherical": 7, "num_radial": 6, "envelope_exponent": 5, "num_before_skip": 1,
-         "num_after_skip": 2, "num_output_layers": 3, "cutoff": 6.0}
-# OCP configs (baselines_facts.md §2.5): IS2RE-all and S2EF-2M; "small" runs on 2 CPU cores.
+# A size that runs on 2 CPU cores (``get_presets``); the paper's configurations are params.yaml's
+# ``profiles.paper.hparams.dimenet_pp``.
 PRESETS: dict[str, dict[str, Any]] = {
-    "is2re": {"hidden_channels": 256, **_ARCH, "regress_forces": ""},
-    "s2ef": {"hidden_channels": 192, **_ARCH, "regress_forces": "from_energy", "detach_angles": True},
     "small": {"hidden_channels": 16, "out_emb_channels": 32, "num_blocks": 1, "int_emb_size": 16,
               "basis_emb_size": 4, "num_spherical": 4, "num_radial": 4, "cutoff": 6.0, "regress_forces": ""},
 }
@@ -122,7 +123,40 @@ class SphericalBasis(nn.Module):
             legendre.append(((2 * order + 1) * x * legendre[order] - order * legendre[order - 1]) / (order + 1))
         cbf = torch.stack(legendre[:self.num_spherical], dim=1) * self.prefactor.to(dtype)
         n, k = self.num_spherical, self.num_radial
-        return (rbf[idx_kj] * cbf.view(-1, n, 1)).view(-1, n * k)
+        # index_select, not rbf[idx_kj]: deterministic backward (module docstring).
+        return (rbf.index_select(0, idx_kj) * cbf.view(-1, n, 1)).view(-1, n * k)
+
+
+class DeterministicEmbeddingBlock(EmbeddingBlock):
+    """PyG ``EmbeddingBlock`` (same parameters and maths) gathering ``x[i], x[j]`` with ``index_select``, whose
+    backward sums in edge order (PyG's ``x[i]`` backward uses ``index_put_`` atomics on multi-threaded CPU)."""
+
+    def forward(self, x: Tensor, rbf: Tensor, i: Tensor, j: Tensor) -> Tensor:
+        x = self.emb(x)
+        rbf = self.act(self.lin_rbf(rbf))
+        return self.act(self.lin(torch.cat([x.index_select(0, i), x.index_select(0, j), rbf], dim=-1)))
+
+
+class DeterministicInteractionPPBlock(InteractionPPBlock):
+    """PyG ``InteractionPPBlock`` (same parameters and maths) gathering ``x_kj[idx_kj]`` with ``index_select``,
+    whose backward sums in triplet order (PyG's indexing backward uses ``index_put_`` atomics)."""
+
+    def forward(self, x: Tensor, rbf: Tensor, sbf: Tensor, idx_kj: Tensor, idx_ji: Tensor) -> Tensor:
+        x_ji = self.act(self.lin_ji(x))
+        x_kj = self.act(self.lin_kj(x))
+        rbf = self.lin_rbf2(self.lin_rbf1(rbf))
+        x_kj = self.act(self.lin_down(x_kj * rbf))
+        sbf = self.lin_sbf2(self.lin_sbf1(sbf))
+        x_kj = x_kj.index_select(0, idx_kj) * sbf
+        x_kj = scatter(x_kj, idx_ji, dim=0, dim_size=x.size(0), reduce="sum")
+        x_kj = self.act(self.lin_up(x_kj))
+        h = x_ji + x_kj
+        for layer in self.layers_before_skip:
+            h = layer(h)
+        h = self.act(self.lin(h)) + x
+        for layer in self.layers_after_skip:
+            h = layer(h)
+        return h
 
 
 class OutputPPBlockWithBias(OutputPPBlock):
@@ -149,7 +183,7 @@ class DimeNetPP(nn.Module):
     Directional messages ``m_ji`` on edges: embedding ``m_ji = act(W[h_i, h_j, act(W rbf(d_ji))])``, then
     ``num_blocks`` interaction blocks aggregating ``m_kj`` over triplets k -> j -> i with the spherical basis
     ``sbf(d_kj, angle_kji)``; every block's output block sums ``rbf ⊙ m`` into atoms; the energy is the
-    per-graph sum. Defaults are the OCP IS2RE preset (``PRESETS["is2re"]``).
+    per-graph sum. Defaults are OCP's IS2RE configuration (params.yaml ``profiles.paper.hparams.dimenet_pp``).
 
     Args:
         hidden_channels, out_emb_channels, int_emb_size, basis_emb_size, num_blocks: DimeNet++ sizes.
@@ -163,6 +197,8 @@ class DimeNetPP(nn.Module):
     """
 
     force_modes = ("", "from_energy")
+    #: Atomic numbers embedded (inclusive): PyG's ``EmbeddingBlock`` has ``Embedding(95, H)``, Z = 0..94.
+    supported_z = (1, 94)
 
     def __init__(self, hidden_channels: int = 256, out_emb_channels: int = 192, num_blocks: int = 3,
                  int_emb_size: int = 64, basis_emb_size: int = 8, num_spherical: int = 7, num_radial: int = 6,
@@ -188,14 +224,14 @@ class DimeNetPP(nn.Module):
         act_fn = activation_resolver(act)
         self.rbf = BesselBasisLayer(num_radial, cutoff, envelope_exponent)
         self.sbf = SphericalBasis(num_spherical, num_radial, cutoff, envelope_exponent)
-        self.emb = EmbeddingBlock(num_radial, hidden_channels, act_fn)
+        self.emb = DeterministicEmbeddingBlock(num_radial, hidden_channels, act_fn)
         self.output_blocks = nn.ModuleList([
             OutputPPBlockWithBias(num_radial, hidden_channels, out_emb_channels, 1, num_output_layers, act_fn,
                                   output_initializer)
             for _ in range(num_blocks + 1)])
         self.interaction_blocks = nn.ModuleList([
-            InteractionPPBlock(hidden_channels, int_emb_size, basis_emb_size, num_spherical, num_radial,
-                               num_before_skip, num_after_skip, act_fn)
+            DeterministicInteractionPPBlock(hidden_channels, int_emb_size, basis_emb_size, num_spherical,
+                                            num_radial, num_before_skip, num_after_skip, act_fn)
             for _ in range(num_blocks)])
 
     def reset_parameters(self) -> None:
@@ -215,7 +251,7 @@ class DimeNetPP(nn.Module):
             j, i = edge_index
             _, _, _, idx_kj, idx_ji = triplets(edge_index, n, offsets)
             v = vec.detach() if self.detach_angles else vec
-            v_ji, v_kj = v[idx_ji], v[idx_kj]  # i -> j and j -> k (image-aware)
+            v_ji, v_kj = v.index_select(0, idx_ji), v.index_select(0, idx_kj)  # i -> j, j -> k (image-aware)
             angle = torch.atan2(torch.linalg.cross(v_ji, v_kj).norm(dim=-1), (v_ji * v_kj).sum(dim=-1))
             rbf = self.rbf(dist)
             sbf = self.sbf(dist, angle, idx_kj)

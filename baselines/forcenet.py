@@ -31,14 +31,9 @@ from torch_geometric.utils import scatter
 from baselines.registry import register
 from baselines.schnet import check_force_mode, edge_geometry, forces_from_energy, graph_index
 
-_ARCH = {"hidden_channels": 512, "num_interactions": 5, "cutoff": 6.0, "feat": "full", "num_freqs": 50,
-         "max_n": 3, "basis": "sphallmul", "depth_mlp_edge": 2, "depth_mlp_node": 1,
-         "activation_str": "swish", "decoder_hidden_channels": 512, "decoder_type": "mlp",
-         "decoder_activation_str": "swish"}
-# OCP fn_forceonly.yml / the authors' fork (baselines_facts.md §3.5); "small" runs on 2 CPU cores.
+# A size that runs on 2 CPU cores (``get_presets``); the paper's configurations are params.yaml's
+# ``profiles.paper.hparams.forcenet``.
 PRESETS: dict[str, dict[str, Any]] = {
-    "is2re": {**_ARCH, "regress_forces": ""},
-    "s2ef": {**_ARCH, "regress_forces": "direct"},
     "small": {"hidden_channels": 32, "num_interactions": 2, "cutoff": 6.0, "num_freqs": 8,
               "decoder_hidden_channels": 32, "regress_forces": ""},
 }
@@ -272,7 +267,10 @@ class ForceNetInteraction(MessagePassing):
     def forward(self, h: Tensor, edge_index: Tensor, edge_attr: Tensor, edge_weight: Tensor, batch: Tensor,
                 num_graphs: int) -> Tensor:
         j, i = edge_index
-        emb = torch.cat([self.lin_basis(edge_attr), h[j], h[i]], dim=1)
+        # index_select, not h[j]: the backward of advanced indexing (index_put_ with accumulate) adds float
+        # atomics from several CPU threads once E * hidden >= 32768, in a thread-timing-dependent order, so
+        # training was not reproducible; index_select's backward (index_add_) sums in edge order.
+        emb = torch.cat([self.lin_basis(edge_attr), h.index_select(0, j), h.index_select(0, i)], dim=1)
         w = self.mlp_edge(emb, batch[i], num_graphs) * edge_weight.unsqueeze(-1)
         x = self.lin(h)
         x = self.propagate(edge_index, x=x, W=w) + self.center_W * x
@@ -286,7 +284,8 @@ class ForceNetInteraction(MessagePassing):
 class ForceNet(nn.Module):
     """ForceNet on the precomputed (periodic) graph; NOT rotation-invariant by design.
 
-    Defaults are OCP's configuration (``PRESETS["is2re"]``; "s2ef" adds the direct force head).
+    Defaults are OCP's configuration (OCP fn_forceonly.yml / the authors' fork; params.yaml
+    ``profiles.paper.hparams.forcenet``; S2EF adds the direct force head).
 
     Args:
         hidden_channels, num_interactions: width and depth of message passing.
@@ -303,6 +302,9 @@ class ForceNet(nn.Module):
     """
 
     force_modes = ("", "direct", "from_energy")
+    #: Atomic numbers embedded (inclusive) by both ``feat`` modes: "simple" is ``Embedding(MAX_Z, H)`` (Z < 100),
+    #: "full" the element tables of Z = 0..MAX_Z.
+    supported_z = (1, MAX_Z - 1)
 
     def __init__(self, hidden_channels: int = 512, num_interactions: int = 5, cutoff: float = 6.0,
                  feat: str = "full", num_freqs: int = 50, max_n: int = 3, basis: str = "sphallmul",

@@ -1,8 +1,8 @@
 """Model registry: name -> model class, for FAENet and every baseline.
 
-A new baseline is ONE file in ``baselines/`` whose class carries ``@register("name")``, plus one entry
-``name: {hyperparameters}`` under ``models:`` in params.yaml; the pipeline then calls
-``build_model(name, **hparams)``. Importing this module imports every module beside it (``pkgutil``), so
+A new baseline is ONE file in ``baselines/`` whose class carries ``@register("name")``, plus its cells under
+``train_cells:`` and its hyperparameters under ``profiles.<profile>.hparams.<name>`` in params.yaml; the pipeline
+then calls ``build_model(name, **hparams)``. Importing this module imports every module beside it (``pkgutil``), so
 nothing else needs editing. User plugins outside the package: ``discover([folder, ...])``.
 
 Models follow the project interface (see ``faenet/data/records.py``): ``Model(**hparams)`` with attribute
@@ -125,7 +125,8 @@ def build_model(name: str, **hparams: Any) -> Any:
 
 
 def get_presets(name: str) -> dict[str, dict[str, Any]]:
-    """The module-level ``PRESETS`` of the model's module ({"is2re": {...}, ...}), or {} if it has none."""
+    """The module-level ``PRESETS`` of the model's module (``{"small": {...}}``: a size for a notebook or a test
+    on a CPU), or {} if it has none. The pipeline's hyperparameters are params.yaml's, never these."""
     mod = sys.modules.get(get_model_class(name).__module__)
     return dict(getattr(mod, "PRESETS", {}) or {})
 

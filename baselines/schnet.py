@@ -21,12 +21,9 @@ from torch_geometric.nn.models import SchNet as PyGSchNet
 from baselines.registry import register
 from faenet.graph import edge_vectors
 
-# OCP configs (baselines_facts.md §1.3): IS2RE-all and S2EF-2M; "small" runs on 2 CPU cores.
+# A size that runs on 2 CPU cores (``get_presets``); the paper's configurations are params.yaml's
+# ``profiles.paper.hparams.schnet``.
 PRESETS: dict[str, dict[str, Any]] = {
-    "is2re": {"hidden_channels": 384, "num_filters": 128, "num_interactions": 4, "num_gaussians": 100,
-              "cutoff": 6.0, "regress_forces": ""},
-    "s2ef": {"hidden_channels": 1024, "num_filters": 256, "num_interactions": 5, "num_gaussians": 200,
-             "cutoff": 6.0, "regress_forces": "from_energy"},
     "small": {"hidden_channels": 32, "num_filters": 32, "num_interactions": 2, "num_gaussians": 16,
               "cutoff": 6.0, "regress_forces": ""},
 }
@@ -83,7 +80,7 @@ class SchNet(PyGSchNet):
 
     ``h_i^0 = emb(z_i)``; ``h <- h + Interaction(h, e(d), C(d))`` with Gaussian distance expansion ``e`` and
     cosine cutoff ``C`` (PyG ``CFConv``); atomic energies ``lin2(ssp(lin1(h_i)))`` summed per graph.
-    Defaults are the OCP IS2RE preset (``PRESETS["is2re"]``).
+    Defaults are OCP's IS2RE configuration (params.yaml ``profiles.paper.hparams.schnet.is2re``).
 
     Args:
         hidden_channels, num_filters, num_interactions, num_gaussians: PyG SchNet sizes.
@@ -93,6 +90,8 @@ class SchNet(PyGSchNet):
     """
 
     force_modes = ("", "from_energy")
+    #: Atomic numbers embedded (inclusive): PyG's ``Embedding(100, H)`` has rows Z = 0..99 (0 = padding).
+    supported_z = (1, 99)
 
     def __init__(self, hidden_channels: int = 384, num_filters: int = 128, num_interactions: int = 4,
                  num_gaussians: int = 100, cutoff: float = 6.0, readout: str = "add",

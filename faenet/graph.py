@@ -1,5 +1,6 @@
 """Neighbour graphs in pure torch: radius graph with periodic images (Eq. 6 graph), edge vectors,
-and DimeNet++ triplets. No torch_cluster / torch_sparse: neither installs with this torch.
+and DimeNet++ triplets. No torch_cluster / torch_sparse: neither installs with this torch. vesin (optional)
+supplies candidate pairs for periodic cells; the result is the same either way.
 
 Conventions (see ``faenet.data.records``): ``edge_index[0]`` is the source j (neighbour),
 ``edge_index[1]`` the target i (centre), and ``vec_ij = pos[j] + cell_offsets @ cell - pos[i]``.
@@ -13,6 +14,13 @@ import math
 
 import torch
 from torch import Tensor
+
+try:  # optional: a cell list, O(N) instead of the dense O(N^2) test (benchmarks/neighbour_list.py)
+    import vesin as _vesin
+
+    _HAVE_VESIN = True
+except ImportError:  # pragma: no cover - depends on the environment
+    _HAVE_VESIN = False
 
 
 def _image_ranges(cell: Tensor, pbc: Tensor, cutoff: float) -> list[int]:
@@ -39,37 +47,56 @@ def radius_graph(
     max_num_neighbors: int = 50,
     cell: Tensor | None = None,
     pbc: Tensor | tuple[bool, bool, bool] = (False, False, False),
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Edges j -> i of ONE structure with ``0 < |vec_ij| <= cutoff``, periodic images included.
 
     Each centre i keeps its ``max_num_neighbors`` nearest neighbours (ties broken by index, so the
     result is deterministic). Returns ``edge_index`` (2, E) and integer ``cell_offsets`` (E, 3),
-    sorted by target then distance. Vectorised over atoms and images.
+    sorted by target then distance.
+
+    ``backend``: "torch" tests every (image, i, j) triple (dense, O(S N^2) memory); "vesin" takes candidate
+    pairs from vesin's cell list (periodic cells only) and then applies the same distance test and order to
+    them, so both give the same tensors (tested); "auto" uses vesin for periodic cells when it is installed.
     """
     if cutoff <= 0:
         raise ValueError(f"cutoff must be > 0 Å, got {cutoff}")
     if max_num_neighbors < 1:
         raise ValueError(f"max_num_neighbors must be >= 1, got {max_num_neighbors}")
+    if backend not in ("auto", "torch", "vesin"):
+        raise ValueError(f"backend must be auto, torch or vesin, got {backend!r}")
     if not torch.isfinite(pos).all():
         raise ValueError("positions contain NaN or inf")
     n = pos.shape[0]
     pbc_t = torch.as_tensor(pbc, dtype=torch.bool).reshape(3)
-    if cell is None or not bool(pbc_t.any()):
+    periodic = cell is not None and bool(pbc_t.any())
+    if not periodic:
         offsets = torch.zeros(1, 3, dtype=torch.long)
         cell_m = torch.zeros(3, 3, dtype=pos.dtype)
+        reps = [0, 0, 0]
     else:
         cell_m = cell.reshape(3, 3).to(pos.dtype)
         reps = _image_ranges(cell_m, pbc_t, cutoff)
         axes = [torch.arange(-r, r + 1) for r in reps]
         offsets = torch.cartesian_prod(*axes).reshape(-1, 3).long()
     shifts = offsets.to(pos.dtype) @ cell_m  # (S, 3)
-    # vec[s, i, j] = pos[j] + shift[s] - pos[i]
-    vec = pos[None, None, :, :] + shifts[:, None, None, :] - pos[None, :, None, :]
-    dist = torch.linalg.norm(vec, dim=-1)  # (S, N, N)
-    mask = (dist <= cutoff) & (dist > 1e-8)
-    s_idx, i_idx, j_idx = mask.nonzero(as_tuple=True)
-    d = dist[s_idx, i_idx, j_idx]
-    # nonzero() yields (image, i, j) order; two stable sorts give (i, distance, image, j): deterministic,
+    if backend == "vesin" and not periodic:
+        raise ValueError("backend='vesin' needs a periodic cell; use 'torch' (or 'auto') for molecules")
+    use_vesin = periodic and (backend == "vesin" or (backend == "auto" and _HAVE_VESIN))
+    if use_vesin:
+        s_idx, i_idx, j_idx = _vesin_candidates(pos, cell_m, pbc_t, cutoff, reps)
+        vec = pos[j_idx] + shifts[s_idx] - pos[i_idx]  # the dense path's arithmetic, per candidate
+        dist = torch.linalg.norm(vec, dim=-1)
+        mask = (dist <= cutoff) & (dist > 1e-8)
+        s_idx, i_idx, j_idx, d = s_idx[mask], i_idx[mask], j_idx[mask], dist[mask]
+    else:
+        # vec[s, i, j] = pos[j] + shift[s] - pos[i]
+        vec = pos[None, None, :, :] + shifts[:, None, None, :] - pos[None, :, None, :]
+        dist = torch.linalg.norm(vec, dim=-1)  # (S, N, N)
+        mask = (dist <= cutoff) & (dist > 1e-8)
+        s_idx, i_idx, j_idx = mask.nonzero(as_tuple=True)
+        d = dist[s_idx, i_idx, j_idx]
+    # Candidates in (image, i, j) order; two stable sorts give (i, distance, image, j): deterministic,
     # and truncation to max_num_neighbors keeps the nearest.
     order = torch.argsort(d, stable=True)
     order = order[torch.argsort(i_idx[order], stable=True)]
@@ -83,6 +110,28 @@ def radius_graph(
     return edge_index, offsets[s_idx[keep]]
 
 
+def _vesin_candidates(pos: Tensor, cell: Tensor, pbc: Tensor, cutoff: float, reps: list[int]
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(image, i, j)`` index triples, in the dense path's (image, i, j) order, of vesin's pairs within
+    ``cutoff`` plus a margin (a superset of the edges: the caller re-tests distances with torch), restricted
+    to the images the dense path enumerates. ``image`` indexes ``cartesian_prod`` of ``-reps..reps``."""
+    if not _HAVE_VESIN:
+        raise ImportError("backend='vesin' needs the vesin package (pip install vesin); or use backend='torch'")
+    nl = _vesin.NeighborList(cutoff=cutoff + 1e-3, full_list=True)  # margin >> rounding of either distance
+    i, j, shift = nl.compute(pos.detach().double().cpu().numpy(), cell.detach().double().cpu().numpy(),
+                             [bool(p) for p in pbc], "ijS")
+    i, j, shift = torch.from_numpy(i.astype("int64")), torch.from_numpy(j.astype("int64")), \
+        torch.from_numpy(shift.astype("int64"))
+    r = torch.tensor(reps)
+    inside = ((shift >= -r) & (shift <= r)).all(dim=1)
+    i, j, shift = i[inside], j[inside], shift[inside]
+    width = 2 * r + 1  # cartesian_prod order: the last axis varies fastest
+    s = ((shift[:, 0] + r[0]) * width[1] + shift[:, 1] + r[1]) * width[2] + shift[:, 2] + r[2]
+    n = pos.shape[0]
+    order = torch.argsort((s * n + i) * n + j)
+    return s[order], i[order], j[order]
+
+
 def edge_vectors(pos: Tensor, edge_index: Tensor, cell_offsets: Tensor, cell: Tensor,
                  batch: Tensor) -> Tensor:
     """``vec_ij = pos[j] + cell_offsets @ cell[graph] - pos[i]`` for every edge (E, 3), in Å.
@@ -90,8 +139,12 @@ def edge_vectors(pos: Tensor, edge_index: Tensor, cell_offsets: Tensor, cell: Te
     ``cell`` is (B, 3, 3) (zeros for molecules); ``batch`` maps atoms to graphs.
     """
     j, i = edge_index
-    shift = torch.bmm(cell_offsets.to(pos.dtype).unsqueeze(1), cell[batch[i]].to(pos.dtype)).squeeze(1)
-    return pos[j] + shift - pos[i]
+    # index_select, not pos[j]: the backward of advanced indexing (index_put_ with accumulate) uses float
+    # atomics from several CPU threads on large batches (E * 3 >= 32768), so -dE/dpos would not be
+    # reproducible; index_select's backward (index_add_) sums in edge order. Same values forward.
+    cell_e = cell.index_select(0, batch.index_select(0, i)).to(pos.dtype)
+    shift = torch.bmm(cell_offsets.to(pos.dtype).unsqueeze(1), cell_e).squeeze(1)
+    return pos.index_select(0, j) + shift - pos.index_select(0, i)
 
 
 def triplets(edge_index: Tensor, num_nodes: int, cell_offsets: Tensor | None = None

@@ -21,23 +21,11 @@ Fixes relative to the official package (``faenet`` 0.1.3), all deliberate:
   covers Z = 1..100 (see ``faenet.embedding``).
 - ``skip_co=True`` (silently ignored by the official code) is rejected.
 
-Speed: the per-edge product ``W [e_ij || h_j || h_i]`` is split as ``W_e e_ij + (W_j h)_j + (W_i h)_i``:
-the two node terms are computed once per node and gathered per edge, so only ``W_e e_ij`` is a per-edge
-matrix product (``fused=True``, default). ``fused=False`` runs the literal concatenation; both use the
-same parameters and agree to rounding (tested). Without autograd on CPU (inference):
-
-- Eq. (8) and the edge embedding of Eq. (7) run over cache-sized chunks of edges, in place, into buffers
-  allocated once per call (a fresh tensor per chunk costs page faults whenever glibc hands freed memory back
-  to the OS: index_select 340 us -> 25 us per chunk), and the (E, F) edge features are written in place
-  (no temporaries for the concatenation, biases or activations);
-- the Gaussian RBF skips exp's slow path for arguments whose result is below the smallest normal number
-  (set to 0; most of the 104 Gaussians of an edge are that far from its distance);
-- Full FA (``forward_frames``): the model graph, distances, RBF and atom embedding are computed once for all
-  frames.
-
-Measured (Table 7 IS2RE, 16 OC20-like slabs of ~65 atoms, full graphs, 2 threads, AMD EPYC): FAENet-SFA 20-22
-samples/s against 12 before these changes when glibc maps every large block afresh, 24-25 against 22-23 when
-freed memory is reused; the literal concatenation runs at 6-9 (``pipeline/benchmark.py`` measures all this).
+Speed: Eq. (8) is computed with a per-node split of ``W [e_ij || h_j || h_i]`` (``fused=True``, default;
+``fused=False`` runs the literal concatenation; same parameters, equal to rounding, tested), and without
+autograd on CPU the edge embedding and Eq. (8) run chunked and in place; Full FA (``forward_frames``) computes
+the model graph, distances, RBF and atom embedding once for all frames. Those paths live in
+``faenet.inference``; this file holds the literal equations, the heads and the switches.
 
 Other choices: every Linear of the embedding, interaction and output blocks is xavier-uniform with zero
 bias (the official code leaves a few at PyTorch's default); force decoders keep PyTorch's default init.
@@ -55,18 +43,15 @@ from torch import Tensor, nn
 from torch_geometric.nn.conv import TransformerConv
 from torch_geometric.nn.norm import GraphNorm
 
-from faenet.embedding import AtomEmbedding
+from faenet.embedding import MAX_ATOMIC_NUMBER, AtomEmbedding
 from faenet.graph import edge_vectors
+from faenet.inference import edge_embedding_chunked, endpoint_messages, frame_edges, gaussian_rbf_no_grad
 
 MP_TYPES = ("base", "updownscale_base", "updownscale", "updown_local_env", "simple", "edge_filter",
             "attention")
 EDGE_EMBED_TYPES = ("all_rij", "rij", "sh", "all")
 ENERGY_HEADS = ("", "weighted-av-final-embeds", "weighted-av-initial-embeds")
 SKIP_CO = ("", "concat", "add", "concat_atom")
-# Rows x channels of one edge chunk in the inference path of Eq. (8) (about 1 MiB in float32).
-_CHUNK_ELEMENTS = 1 << 18
-# Just above log(smallest normal number) of each dtype: exp below it gives a denormal or 0 (flushed to 0).
-_EXP_NORMAL_FLOOR = {torch.float32: -87.0, torch.float64: -708.0}
 REGRESS_FORCES = ("", "direct", "direct_with_gradient_target", "from_energy")
 FORCE_DECODER_TYPES = ("mlp", "simple", "res", "res_updown")
 FORCE_DECODER_NORMS = ("batch1d", "layer", "")
@@ -108,58 +93,6 @@ def table6_hparams(base: dict, row: str) -> dict:
     return out
 
 
-# Table 7 (App. C.2) model hyperparameters. Table 7 gives activation, cutoff, force-head width, hidden
-# channels, max neighbours, filters, gaussians, interaction blocks, period/group and tag widths; the other
-# switches come from the official configs (configs-faenet/*.yaml), noted where the paper says otherwise.
-TABLE7: dict[str, dict] = {
-    "is2re": dict(
-        cutoff=6.0, max_num_neighbors=40, hidden_channels=384, num_filters=480, num_gaussians=104,
-        num_interactions=5, pg_hidden_channels=64, tag_hidden_channels=64, phys_embeds=True,
-        phys_hidden_channels=0, mp_type="base", graph_norm=True, complex_mp=True,
-        # Official is2re.yaml: second_layer_MLP False. The paper (Sec. 4 "two-layer MLP"; App. B.3
-        # "1 layer in MLP ... hurts performance ... we favoured performance") says two layers: paper wins.
-        second_layer_MLP=True, skip_co="concat", energy_head="weighted-av-final-embeds",
-        edge_embed_type="all_rij", regress_forces=""),
-    "s2ef": dict(
-        cutoff=6.0, max_num_neighbors=30, hidden_channels=256, num_filters=480, num_gaussians=136,
-        num_interactions=7, pg_hidden_channels=64, tag_hidden_channels=32, phys_embeds=False,
-        phys_hidden_channels=0, mp_type="updownscale_base", graph_norm=True, complex_mp=True,
-        second_layer_MLP=True,  # official s2ef.yaml: False (see is2re)
-        skip_co="", energy_head="weighted-av-final-embeds", edge_embed_type="all_rij",
-        regress_forces="direct_with_gradient_target", force_decoder_type="mlp",
-        force_decoder_hidden_channels=256, force_decoder_norm="batch1d"),
-    "qm7x": dict(
-        cutoff=5.0, max_num_neighbors=40, hidden_channels=500, num_filters=400, num_gaussians=50,
-        num_interactions=5, pg_hidden_channels=32, tag_hidden_channels=0, phys_embeds=True,
-        phys_hidden_channels=0, mp_type="updownscale_base", graph_norm=False, complex_mp=True,
-        second_layer_MLP=True, skip_co="concat", energy_head="", edge_embed_type="all_rij",
-        regress_forces="direct_with_gradient_target", force_decoder_type="res_updown",
-        force_decoder_hidden_channels=256,  # Table 7; official qm7x.yaml: 128
-        force_decoder_norm="batch1d"),
-    "qm9": dict(
-        cutoff=6.0, max_num_neighbors=30, hidden_channels=400, num_filters=480, num_gaussians=100,
-        num_interactions=5, pg_hidden_channels=32, tag_hidden_channels=0, phys_embeds=False,
-        phys_hidden_channels=0, mp_type="updownscale_base", graph_norm=True, complex_mp=True,
-        second_layer_MLP=True, skip_co="", energy_head="", edge_embed_type="all_rij", regress_forces=""),
-}
-
-#: The registry's name for a model module's hyperparameter presets (``baselines.registry.get_presets``).
-PRESETS = TABLE7
-
-# Table 7 optimisation rows, for the training code (not model arguments). Where the official configs
-# differ: S2EF force coeff 30 and energy-grad coeff 10; QM7-X force coeff 75, lr 1.93e-4.
-TABLE7_OPTIM: dict[str, dict] = {
-    "is2re": dict(optimizer="AdamW", scheduler="cosine", warmup_steps=6000, lr=2e-3, batch_size=256,
-                  steps=22_000),
-    "s2ef": dict(optimizer="AdamW", scheduler="cosine", warmup_steps=30_000, lr=2.5e-4, batch_size=192,
-                 energy_coef=1.0, force_coef=100.0, energy_grad_coef=5.0, steps=85_000),
-    "qm7x": dict(optimizer="AdamW", scheduler="plateau", warmup_steps=3000, lr=2e-4, batch_size=100,
-                 energy_coef=1.0, force_coef=100.0, energy_grad_coef=15.0, steps=1_400_000),
-    "qm9": dict(optimizer="AdamW", scheduler="plateau", warmup_steps=3000, lr=1e-3, batch_size=64,
-                steps=1_500_000),
-}
-
-
 def _check_choice(name: str, value: object, allowed: tuple) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed: {list(allowed)}")
@@ -197,15 +130,7 @@ class GaussianRBF(nn.Module):
         t = dist.unsqueeze(-1) - self.offsets
         if torch.is_grad_enabled() and dist.requires_grad:
             return torch.exp(self.coeff * t ** 2)
-        # No autograd: the same operations in place. Most Gaussians of an edge are far from its distance,
-        # and exp of arguments below the smallest normal float's log (denormal or zero results) takes a
-        # 10-40x slower path on x86; those values (< 1.2e-38 in float32) are set to 0 instead.
-        t.square_().mul_(self.coeff)
-        floor = _EXP_NORMAL_FLOOR.get(t.dtype)
-        if floor is None:
-            return t.exp_()
-        keep = t >= floor
-        return t.clamp_min_(floor).exp_().mul_(keep)
+        return gaussian_rbf_no_grad(t, self.coeff)  # same values, in place, exp's slow path skipped
 
 
 def real_spherical_harmonics(unit: Tensor, lmax: int) -> Tensor:
@@ -240,9 +165,7 @@ class EdgeEmbedding(nn.Module):
     ``forward(vec, dist, frames)``: ``vec`` holds ``frames`` stacked copies (frame-major) of the edge
     vectors of one edge list and ``dist`` (E,) their lengths, shared by every frame (Full FA: distances are
     frame-invariant), so the RBF and its Linear are computed once for all frames. Without autograd on CPU
-    the embedding is computed in cache-sized chunks of edges written in place into the output (same
-    arithmetic as the literal path: no (E, F) temporaries for the concatenation, the activations or the
-    biases).
+    the same arithmetic runs chunked and in place (``faenet.inference.edge_embedding_chunked``).
     """
 
     def __init__(self, num_filters: int, num_gaussians: int, cutoff: float, edge_embed_type: str,
@@ -271,7 +194,7 @@ class EdgeEmbedding(nn.Module):
             raise ValueError(f"vec has {vec.shape[0]} rows, expected frames * len(dist) = {frames} * {n_edges}")
         if not vec.is_cuda and not (torch.is_grad_enabled() and (
                 vec.requires_grad or dist.requires_grad or any(p.requires_grad for p in self.parameters()))):
-            return self._forward_inference(vec, dist, frames)
+            return edge_embedding_chunked(self, vec, dist, frames)  # faenet.inference
         if self.kind == "all_rij":
             rbf_part = self.lin_rbf(self.rbf(dist))  # frame-invariant: once for all frames
             e = torch.cat([self.lin_rij(vec), rbf_part.repeat(frames, 1) if frames > 1 else rbf_part], dim=-1)
@@ -286,41 +209,6 @@ class EdgeEmbedding(nn.Module):
             e = F.silu(self.lin_2(e))
         return e
 
-    def _forward_inference(self, vec: Tensor, dist: Tensor, frames: int) -> Tensor:
-        """The literal forward, chunk by chunk of edges, written in place (no autograd)."""
-        n_edges, n_f = dist.shape[0], self.num_filters
-        out = vec.new_empty(frames * n_edges, n_f)
-        half = n_f // 2
-        step = max(1, _CHUNK_ELEMENTS // n_f)
-        rows_max = min(step, max(1, n_edges))
-        buf = vec.new_empty(rows_max, n_f) if self.lin_2 is not None else None  # reused by every chunk
-        rbf_buf = vec.new_empty(rows_max, n_f - half) if self.kind == "all_rij" else None
-        for s0 in range(0, n_edges, step):
-            s1 = min(n_edges, s0 + step)
-            d = dist[s0:s1]
-            rbf_part = None
-            if self.kind == "all_rij":
-                rbf_part = torch.addmm(self.lin_rbf.bias, self.rbf(d), self.lin_rbf.weight.t(),
-                                       out=rbf_buf[: s1 - s0])
-            for f in range(frames):
-                rows = slice(f * n_edges + s0, f * n_edges + s1)
-                v = vec[rows]
-                x = out[rows] if buf is None else buf[: s1 - s0]
-                if self.kind == "all_rij":
-                    torch.addmm(self.lin_rij.bias, v, self.lin_rij.weight.t(), out=x[:, :half])
-                    x[:, half:] = rbf_part
-                elif self.kind == "rij":
-                    torch.addmm(self.lin.bias, v, self.lin.weight.t(), out=x)
-                else:
-                    sh = self._sh(v, d)
-                    inp = sh if self.kind == "sh" else torch.cat([v, sh, self.rbf(d)], dim=-1)
-                    torch.addmm(self.lin.bias, inp, self.lin.weight.t(), out=x)
-                F.silu(x, inplace=True)
-                if self.lin_2 is not None:
-                    y = out[rows]
-                    torch.addmm(self.lin_2.bias, x, self.lin_2.weight.t(), out=y)
-                    F.silu(y, inplace=True)
-        return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -385,36 +273,7 @@ class InteractionBlock(nn.Module):
         if not fused:  # reference: the literal per-edge concatenation of Eq. (8)
             f = F.silu(self.lin_geom(torch.cat([e, h[src], h[dst]], dim=-1)))
             return _scatter_sum(x.index_select(0, src) * f, dst, n)
-        # W [e || h_j || h_i] = W_e e + (W_j h)_j + (W_i h + b)_i: node terms once per node, gathered
-        # per edge.
-        w, b = self.lin_geom.weight, self.lin_geom.bias  # (out, F + 2H) = [W_e | W_j | W_i]
-        fd, hd = self.f_dim, self.h_dim
-        node_j = F.linear(h, w[:, fd:fd + hd])
-        node_i = F.linear(h, w[:, fd + hd:], b)
-        w_e = w[:, :fd].t()
-        if torch.is_grad_enabled() and (h.requires_grad or e.requires_grad or w.requires_grad):
-            a = e @ w_e + node_j.index_select(0, src) + node_i.index_select(0, dst)
-            return _scatter_sum(x.index_select(0, src) * F.silu(a), dst, n)
-        # No autograd (inference): on CPU, process edges in cache-sized chunks, in place, so the (E, out)
-        # per-edge tensors are never materialised; same arithmetic, summed in the same edge order. Two chunk
-        # buffers are reused by every chunk: fresh allocations would cost page faults (glibc returns freed
-        # memory to the OS) and evict the cache. On GPUs one chunk (kernel launches are the cost there).
-        m = x.new_zeros(n, x.shape[1])
-        n_edges = src.numel()
-        step = max(1, n_edges if e.is_cuda else _CHUNK_ELEMENTS // max(1, w.shape[0]))
-        a_buf = x.new_empty(min(step, n_edges), x.shape[1])
-        g_buf = torch.empty_like(a_buf)
-        for s0 in range(0, n_edges, step):
-            s1 = min(n_edges, s0 + step)
-            sj, si = src[s0:s1], dst[s0:s1]
-            a, g = a_buf[: s1 - s0], g_buf[: s1 - s0]
-            torch.mm(e[s0:s1], w_e, out=a)
-            a += torch.index_select(node_j, 0, sj, out=g)
-            a += torch.index_select(node_i, 0, si, out=g)
-            F.silu(a, inplace=True)
-            a *= torch.index_select(x, 0, sj, out=g)
-            m.index_add_(0, si, a)
-        return m
+        return endpoint_messages(self.lin_geom, self.f_dim, self.h_dim, h, x, e, src, dst)  # per-node split
 
     def _norm(self, m: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         return m if self.norm is None else F.silu(self.norm(m, batch, num_graphs))
@@ -568,6 +427,8 @@ class FAENet(nn.Module):
     """
 
     force_modes = REGRESS_FORCES  # checked by baselines.registry.check_hparams
+    #: Atomic numbers embedded (inclusive): the element table and z-embedding rows 1..MAX_ATOMIC_NUMBER.
+    supported_z = (1, MAX_ATOMIC_NUMBER)
 
     def __init__(
         self,
@@ -672,20 +533,11 @@ class FAENet(nn.Module):
         z = data.atomic_numbers.long()
         batch = data.batch if getattr(data, "batch", None) is not None else z.new_zeros(z.shape[0])
         num_graphs = int(data.num_graphs) if getattr(data, "num_graphs", None) is not None else 1
-        n_atoms = z.shape[0]
         frames = 1 if cell_frames is None else int(cell_frames.shape[0])
         if frames == 1:
             edge_index, _, vec, dist = self._edges(data, pos, batch, None if cell_frames is None else cell_frames[0])
-        else:
-            # Distances are frame-invariant (the frames are orthogonal maps of the same graph), so frame 0
-            # decides the cutoff and the neighbour limit for every frame (as each frame would: the limit
-            # sorts distances rounded to 1e-4 Å); only the edge vectors are computed per frame.
-            edge_index, offsets, vec0, dist = self._edges(data, pos[:n_atoms], batch, cell_frames[0])
-            vecs = [vec0] + [edge_vectors(pos[f * n_atoms:(f + 1) * n_atoms], edge_index, offsets,
-                                          cell_frames[f].reshape(-1, 3, 3), batch) for f in range(1, frames)]
-            vec = torch.cat(vecs)
-            shift = torch.arange(frames, device=z.device)
-            edge_index = (edge_index[:, None, :] + (shift * n_atoms)[None, :, None]).reshape(2, -1)
+        else:  # one model graph and one set of distances for every frame (faenet.inference.frame_edges)
+            edge_index, vec, dist = frame_edges(self._edges, data, pos, batch, cell_frames)
 
         tags = getattr(data, "tags", None) if self.use_tags else None
         h = F.silu(self.atom_lin(self.atom_embedding(z, tags)))
@@ -693,6 +545,7 @@ class FAENet(nn.Module):
             h = F.silu(self.atom_lin_2(h))
         if frames > 1:  # the embedding block sees only Z and tags: frame-invariant, repeated per frame
             h = h.repeat(frames, 1)
+            shift = torch.arange(frames, device=z.device)
             batch = (batch[None, :] + (shift * num_graphs)[:, None]).reshape(-1)
             num_graphs *= frames
         e = self.edge_embedding(vec, dist, frames)
@@ -765,7 +618,3 @@ class FAENet(nn.Module):
         """Number of (trainable) parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-
-def num_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of (trainable) parameters of any model."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -32,6 +32,8 @@ from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from faenet.checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
+from faenet.data.dataset import check_split
+from faenet.metrics import energy_mae, energy_within_threshold, force_mae
 
 
 @dataclass(frozen=True)
@@ -200,23 +202,21 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalize
     return res
 
 
-#: Energy within threshold (OC20's EwT): |E_pred - E_true| below 0.02 eV.
-EWT_THRESHOLD_EV = 0.02
-
-
 def mae_metrics(pred: Mapping[str, Tensor]) -> dict[str, float]:
-    """Energy MAE (target units, eV for energies), EwT (fraction of graphs with |error| < 0.02 eV, OC20's
-    energy-within-threshold) and, when present, force MAE over free atoms (eV/Å, mean over components)."""
-    err = (pred["energy"] - pred["y"]).abs()
-    out = {"energy_mae": float(err.mean()), "energy_ewt": float((err < EWT_THRESHOLD_EV).float().mean())}
+    """Energy MAE, EwT and, when present, force MAE over free atoms (``faenet.metrics``) of ``predict``'s
+    output."""
+    out = {"energy_mae": energy_mae(pred["energy"], pred["y"]),
+           "energy_ewt": energy_within_threshold(pred["energy"], pred["y"])}
     if "forces" in pred:
-        m = pred["free"]
-        out["force_mae"] = float((pred["forces"][m] - pred["force"][m]).abs().mean())
+        out["force_mae"] = force_mae(pred["forces"], pred["force"], pred["free"])
     return out
 
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalizer, needs_forces: bool,
-             seed: int = 12345) -> dict[str, float]:
+             seed: int = 12345, split: str = "eval") -> dict[str, float]:
+    """``mae_metrics`` of ``model`` on ``dataset`` (named ``split`` in errors); an empty split or one with
+    atomic numbers the model does not embed is refused first (``faenet.data.dataset.check_split``)."""
+    check_split(model, dataset, split)
     return mae_metrics(predict(model, dataset, batch_size, norm, needs_forces, seed))
 
 
@@ -247,8 +247,9 @@ def train(
     With ``checkpoint_path``, an existing compatible checkpoint is resumed and a new one is written after
     every epoch. ``stop_after_epoch`` simulates a kill (tests).
     """
-    if len(train_set) == 0:
-        raise ValueError("the training set is empty: generate more systems or check the split fractions")
+    check_split(model, train_set, "train")  # before anything is fitted: empty splits, Z the model lacks
+    for name, val_set in val_sets.items():
+        check_split(model, val_set, name)
     s = settings
     _seed_everything(s.seed)
     norm = Normalizer.fit([train_set[i] for i in range(len(train_set))], s.normalize_targets, s.element_shift)
@@ -308,7 +309,8 @@ def train(
             bar.set_postfix(loss=f"{parts['loss']:.4f}")
         row: dict[str, float] = {f"train_{k}": v / steps_per_epoch for k, v in sums.items()}
         for name in val_names:
-            for k, v in evaluate(model, val_sets[name], s.batch_size * 4, norm, needs_forces).items():
+            # predict, not evaluate: the split was checked once above, not every epoch.
+            for k, v in mae_metrics(predict(model, val_sets[name], s.batch_size * 4, norm, needs_forces)).items():
                 row[f"{name}_{k}"] = v
         row["lr"] = opt.param_groups[0]["lr"]
         if plateau is not None and val_names:

@@ -14,7 +14,8 @@ logged as one MLflow run ``ablation-throughput``. Throughput is measured at ever
 property of the machine at that time); the trainings are not repeated.
 
 Writes ``reports/tables/table6.{md,csv}`` (the paper's layout: Component | Throughput | MAE, ours beside the
-paper's) and ``metrics/ablation.json``:
+paper's), ``results/ablation.json`` and its headline ``metrics/ablation.json`` (DVC metric: ``headline``).
+``results/ablation.json``:
 
 - ``stage`` ("ablation"), ``profile``, ``seconds`` (wall time of this run of the stage), ``machine``,
   ``packages``, ``throughput_mlflow_run_id``;
@@ -47,13 +48,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from faenet.tasks import OC20_VAL_SPLITS
 from pipeline.config import ROOT, ConfigError, Params, params_hash, stage_main
 from pipeline.tables import MISSING, TABLES, fmt_ms, mean_std, paper_row, write_table
 from pipeline.tracking import machine_info, package_versions, write_json
 
 DATA = ROOT / "data" / "is2re"
-METRICS_PATH = ROOT / "metrics" / "ablation.json"
-VAL_SPLITS = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
+RESULTS_PATH = ROOT / "results" / "ablation.json"
+HEADLINE_PATH = ROOT / "metrics" / "ablation.json"
+VAL_SPLITS = OC20_VAL_SPLITS
 BASELINE = "FAENet (baseline)"
 
 
@@ -85,23 +88,25 @@ def selected_variants(params: Params) -> list[str]:
 
 def resolve_variant(params: Params, row: str | None = None):
     """The ablation's cell (``pipeline.resolve.ResolvedCell``): FAENet on IS2RE with ``ablation.symmetry``, the
-    paper's IS2RE architecture (``faenet.model.TABLE7["is2re"]``: mp_type "base", complex MP, weighted energy
-    head, concatenated jumping connections, two-layer MLPs, r_ij + RBF edge embedding, 40 neighbours) under
-    the profile's FAENet IS2RE hyperparameters (its sizes, and any switch it sets), then Table 6 row ``row``'s
-    switches (None: the baseline configuration itself); the profile's ``train.is2re`` settings with
-    ``ablation.epochs``; the four val splits. Without the Table 7 switches several rows would equal the
-    baseline (the constructor's defaults are "updownscale_base", no complex MP, sum pooling)."""
-    from faenet.model import TABLE7
+    paper's IS2RE architecture (params.yaml ``profiles.paper.hparams.faenet.is2re``, Table 7: mp_type "base",
+    complex MP, weighted energy head, concatenated jumping connections, two-layer MLPs, r_ij + RBF edge
+    embedding, 40 neighbours) under the profile's FAENet IS2RE hyperparameters (its sizes, and any switch it
+    sets), then Table 6 row ``row``'s switches (None: the baseline configuration itself); the profile's
+    ``train.is2re`` settings with ``ablation.epochs``; the four val splits. Without the Table 7 switches several
+    rows would equal the baseline (the constructor's defaults are "updownscale_base", no complex MP, sum
+    pooling)."""
     from pipeline.resolve import resolve_cell
 
     a = params.active.ablation
-    return resolve_cell(params, "faenet", "is2re", a.symmetry, hparam_base=TABLE7["is2re"], table6_row=row,
+    paper_is2re = resolve_cell(params, "faenet", "is2re", a.symmetry, profile="paper").hparams
+    return resolve_cell(params, "faenet", "is2re", a.symmetry, hparam_base=paper_is2re, table6_row=row,
                         epochs=a.epochs, eval_splits=VAL_SPLITS)
 
 
-def run_ablation(params: Params, data_dir: Path = DATA, metrics_path: Path = METRICS_PATH,
-                 tables_dir: Path = TABLES) -> dict[str, Any]:
-    """Train (or reuse) every variant and seed, measure throughput, write the table and the metrics."""
+def run_ablation(params: Params, data_dir: Path = DATA, results_path: Path = RESULTS_PATH,
+                 tables_dir: Path = TABLES, headline_path: Path = HEADLINE_PATH) -> dict[str, Any]:
+    """Train (or reuse) every variant and seed, measure throughput, write the table, the results and their
+    headline."""
     import torch
     from torch.utils.data import Subset
     from tqdm.auto import tqdm
@@ -162,7 +167,8 @@ def run_ablation(params: Params, data_dir: Path = DATA, metrics_path: Path = MET
                        len(sets["train"]))
     result.update(seconds=round(time.perf_counter() - t0, 1), throughput_mlflow_run_id=tp_run,
                   machine=machine_info(), packages=package_versions())
-    write_json(metrics_path, result)
+    write_json(results_path, result)
+    write_json(headline_path, headline(result))
     write_table6(result, tables_dir)
     for v in variants:
         r = result["variants"][v]
@@ -219,10 +225,21 @@ def _ranking(values: dict[str, float | None], reverse: bool) -> list[str]:
     return [v for v, _ in sorted(known, key=lambda t: t[1], reverse=reverse)]
 
 
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The stage's DVC metric from its full ``result``: per Table 6 row run, the energy MAE (meV, mean of the
+    four val splits; mean and std over seeds) and the forward throughput (samples/s)."""
+    rows = {}
+    for row in result["order"]:
+        v = result["variants"][row]
+        rows[row] = {"mae_meV": v["mae_mev"]["average"]["mean"], "mae_meV_std": v["mae_mev"]["average"]["std"],
+                     "samples_per_s": v["throughput"]["samples_per_s"]}
+    return {"profile": result["profile"], "rows": rows}
+
+
 def summarize(params: Params, variants: list[str], hparams: dict[str, dict], runs: dict[str, list[dict]],
               tp: dict[str, dict], tp_info: dict[str, Any], train_settings: dict[str, Any], base: dict[str, Any],
               data_hash: str, n_train: int) -> dict[str, Any]:
-    """``metrics/ablation.json`` (module docstring) from the run records and throughputs."""
+    """``results/ablation.json`` (module docstring) from the run records and throughputs."""
     from faenet.model import TABLE6_ABLATIONS
 
     out: dict[str, dict[str, Any]] = {}
@@ -326,7 +343,7 @@ def write_table6(result: dict[str, Any], folder: Path = TABLES) -> Path:
         f"{tp['rewiring']}) in {tp['n_batches']} batch(es) of {tp['batch_size']}, {tp['warmup']} warm-up pass(es), "
         f"median of {tp['repeats']} passes; {result['machine']['cpu']}, {tp['threads']} threads. The paper timed "
         "OC20 IS2RE on one RTX8000 GPU: absolute throughputs are not comparable, their ratios to the baseline "
-        "row are (metrics/ablation.json: vs_baseline, paper.throughput_ratio).",
+        "row are (results/ablation.json: vs_baseline, paper.throughput_ratio).",
         "Row names -> model switches (faenet.model.TABLE6_ABLATIONS): "
         + "; ".join(f"{k}: {mapping[k]}" for k in TABLE6_ABLATIONS if k in mapping and k in result["order"]) + ".",
         "Paper: App. B.3 Table 6 (pipeline/paper.yaml table6). Its baseline throughput (2129) differs from Table "

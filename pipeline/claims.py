@@ -26,12 +26,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from faenet.metrics import relative_improvement
+from faenet.tasks import OC20_VAL_SPLITS
 from pipeline.tables import load_paper, paper_row
 
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURABLE = "reproduced", "not reproduced", "not measurable here"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_MEASURABLE)
 PRECISION_MEV = 0.1  # "up to float precision": the paper's Full FA values are 0.03-0.07 meV
-OC20_SPLITS = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
+OC20_SPLITS = OC20_VAL_SPLITS
 
 
 @dataclass
@@ -105,7 +107,7 @@ def epoch_seconds(ctx: dict[str, Any], cell: str) -> float:
 def _bench(ctx: dict[str, Any]) -> dict[str, Any]:
     bench = ctx.get("benchmark")
     if not bench:
-        raise Missing("metrics/benchmark.json is missing (stage benchmark)")
+        raise Missing("results/benchmark.json is missing (stage benchmark)")
     return bench
 
 
@@ -126,10 +128,10 @@ def bench_ratio(ctx: dict[str, Any], section: str, pair: str, quantity: str, pro
 
 def sym(ctx: dict[str, Any], task: str, row: str, metric: str, subset: str = "all") -> float:
     """Mean over seeds of one App. D metric of ``row`` (a cell name or ``faenet-<task>-notrain``) in
-    metrics/symmetry.json."""
+    results/symmetry.json."""
     s = ctx.get("symmetry")
     if not s:
-        raise Missing("metrics/symmetry.json is missing (stage symmetry)")
+        raise Missing("results/symmetry.json is missing (stage symmetry)")
     entry = s.get(task, {}).get(row)
     if entry is None:
         raise Missing(f"the symmetry stage has no {task} row {row}")
@@ -143,7 +145,7 @@ def expr(ctx: dict[str, Any], table: str, model: str, key: str, protocol: str = 
     """Mean accuracy (%) of ``model`` on one experiment ``key`` (layers, fold or pair) of Table 3/4/5."""
     e = ctx.get("expressivity")
     if not e:
-        raise Missing("metrics/expressivity.json is missing (stage expressivity)")
+        raise Missing("results/expressivity.json is missing (stage expressivity)")
     v = e.get(table, {}).get(model, {}).get(str(key), {}).get(protocol)
     if v is None:
         raise Missing(f"expressivity {table}: no {model} / {key} / {protocol}")
@@ -162,10 +164,10 @@ ABLATION_KEYS = {"mae_meV": ("mae_mev", "average", "mean"), "samples_per_s": ("t
 
 def ablation(ctx: dict[str, Any], variant: str, key: str) -> float:
     """``key`` (``ABLATION_KEYS``: the mean MAE over the val splits, or the forward throughput) of one Table 6
-    variant in ``metrics/ablation.json``."""
+    variant in ``results/ablation.json``."""
     a = ctx.get("ablation")
     if not a:
-        raise Missing("metrics/ablation.json is missing (stage ablation)")
+        raise Missing("results/ablation.json is missing (stage ablation)")
     v: Any = a.get("variants", {}).get(variant)
     if v is None:
         raise Missing(f"ablation variant {variant!r} was not run")
@@ -317,7 +319,7 @@ def c_is2re_ewt(ctx, c):
 def c_is2re_vs_schnet(ctx, c):
     c.paper = _text("is2re_mae_improvement_vs_schnet")[0]
     f, s = mae(ctx, "faenet-is2re-sfa"), mae(ctx, "schnet-is2re-none")
-    c.ours, c.inputs = round((s[0] - f[0]) / s[0], 4), {"faenet": _pm(f), "schnet": _pm(s)}
+    c.ours, c.inputs = round(relative_improvement(f[0], s[0]), 4), {"faenet": _pm(f), "schnet": _pm(s)}
     return c.ours >= c.paper / 2
 
 
@@ -343,9 +345,9 @@ def c_s2ef_forces_best(ctx, c):
 def c_s2ef_vs_forcenet(ctx, c):
     p_f = _t("table1_s2ef", "faenet", "energy_mae", "average")
     p_n = _t("table1_s2ef", "forcenet", "energy_mae", "average")
-    c.paper = round((p_n - p_f) / p_n, 4)
+    c.paper = round(relative_improvement(p_f, p_n), 4)
     f, n = mae(ctx, "faenet-s2ef-sfa"), mae(ctx, "forcenet-s2ef-none")
-    c.ours, c.inputs = round((n[0] - f[0]) / n[0], 4), {"faenet": _pm(f), "forcenet": _pm(n)}
+    c.ours, c.inputs = round(relative_improvement(f[0], n[0]), 4), {"faenet": _pm(f), "forcenet": _pm(n)}
     return c.ours >= c.paper / 2
 
 
@@ -640,7 +642,7 @@ def c_qm9_table_consistent(ctx, c):
 def _variants(ctx) -> dict[str, Any]:
     a = (ctx.get("ablation") or {}).get("variants")
     if not a:
-        raise Missing("metrics/ablation.json is missing (stage ablation)")
+        raise Missing("results/ablation.json is missing (stage ablation)")
     return a
 
 

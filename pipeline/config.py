@@ -44,22 +44,13 @@ from pydantic import (
     model_validator,
 )
 
+from faenet.tasks import CATALYSIS, EVAL_SPLITS, FORCE_TASKS, FRAME_DIM, MOLECULES, TASKS  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS_PATH = ROOT / "params.yaml"
 
 SYMMETRY_METHODS = ("none", "sfa", "full", "se3-sfa", "se3-full", "da")
-DATASETS = ("is2re", "s2ef", "qm7x", "qm9")
-CATALYSIS = ("is2re", "s2ef")
-MOLECULES = ("qm7x", "qm9")
-#: Frames of each task: 2 = PCA in the xy plane, rotations/reflections about z (OC20 slabs); 3 = full E(3).
-FRAME_DIM = {"is2re": 2, "s2ef": 2, "qm7x": 3, "qm9": 3}
-#: Tasks whose targets include per-atom forces.
-FORCE_TASKS = ("s2ef", "qm7x")
-#: Evaluation splits of each task, the first one being the validation split that drives schedulers.
-EVAL_SPLITS = {"is2re": ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both", "test"),
-               "s2ef": ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both", "test"),
-               "qm7x": ("val_id", "val_ood", "test"),
-               "qm9": ("val", "test")}
+DATASETS = TASKS  # the task facts live in faenet.tasks (re-exported here for the pipeline's imports)
 ELEMENTS_EMT = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 FACETS = ("111", "100", "110")
 QM9_TARGET_NAMES = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "cv")

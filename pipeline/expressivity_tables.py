@@ -1,4 +1,4 @@
-"""Tables 3, 4 and 5 (App. B.2) from the ``metrics/expressivity.json`` document, in the paper's layout.
+"""Tables 3, 4 and 5 (App. B.2) from the ``results/expressivity.json`` document, in the paper's layout.
 
 Rows are the paper's (in its order) followed by our extra models; each of our models has three rows: ours
 under the paper protocol, ours under the strict protocol, and the paper's value. Paper-only models (IGWL, GWL,

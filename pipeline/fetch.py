@@ -6,7 +6,8 @@ downloads the real OC20 (checksummed, safe extraction) and converts its records 
 Molecules (``data.qm7x.source``, ``data.qm9.source``): ``embedded`` builds the QM7-X-like / QM9-like sets
 (RDKit conformers, GFN2-xTB labels, per-molecule cache in ``work/fetch/<task>``); ``real`` downloads and
 converts QM7-X (Zenodo HDF5) and QM9 (PyG's raw files). Each ``data/<task>/summary.json`` describes its set.
-Writes the data card ``reports/data_card.md`` and ``metrics/fetch.json``.
+Writes the data card ``reports/data_card.md``, ``results/fetch.json`` (hashes, sizes, timings) and its headline
+``metrics/fetch.json`` (DVC metric: ``headline``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ROOT, CatalysisData, Params, QM7XData, QM9Data, stage_main
+from pipeline.config import CATALYSIS, ROOT, CatalysisData, Params, QM7XData, QM9Data, stage_main
 from pipeline.tracking import write_json
 
 DATA = ROOT / "data"
 WORK = ROOT / "work" / "fetch"
+RESULTS_PATH = ROOT / "results" / "fetch.json"
+HEADLINE_PATH = ROOT / "metrics" / "fetch.json"
 
 
 def _write_summary(folder: Path, summary: dict[str, Any]) -> None:
@@ -46,7 +49,7 @@ def fetch_catalysis(d: CatalysisData) -> dict[str, Any]:
         summary = prepare_oc20(ROOT / d.oc20_dir, DATA, is2re_size=d.oc20_is2re_size, s2ef_size=d.oc20_s2ef_size)
     # What the data determine goes into the DVC outputs (same inputs -> same bytes); timings do not.
     stable = {k: v for k, v in summary.items() if k not in TIMING_KEYS}
-    for task in ("is2re", "s2ef"):
+    for task in CATALYSIS:
         _write_summary(DATA / task, {**stable, "task": task})
     return summary
 
@@ -123,14 +126,22 @@ def fetch_all(params: Params) -> int:
     card = ROOT / "reports" / "data_card.md"
     card.parent.mkdir(parents=True, exist_ok=True)
     card.write_text(data_card(params.profile, summaries, hashes))
-    write_json(ROOT / "metrics" / "fetch.json", {
+    result = {
         "profile": params.profile, "content_hashes": hashes, "stage_seconds": round(time.perf_counter() - t0, 1),
         "seconds": seconds, "sizes": {"is2re": summaries["catalysis"]["counts"]["is2re"],
                                       "s2ef": summaries["catalysis"]["counts"]["s2ef"],
                                       "qm7x": summaries["qm7x"]["sizes"], "qm9": summaries["qm9"]["sizes"]},
         "degenerate_frames": {k: summaries[k].get("degenerate_frames") for k in ("qm7x", "qm9")},
-        "catalysis": {k: v for k, v in summaries["catalysis"].items() if k in TIMING_KEYS}})
+        "catalysis": {k: v for k, v in summaries["catalysis"].items() if k in TIMING_KEYS}}
+    write_json(RESULTS_PATH, result)
+    write_json(HEADLINE_PATH, headline(result))
     return 0
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The stage's DVC metric: the split sizes of every dataset and the stage's wall time (``result``: the
+    stage's full results, ``results/fetch.json``)."""
+    return {"profile": result["profile"], "sizes": result["sizes"], "stage_seconds": result["stage_seconds"]}
 
 
 def data_card(profile: str, summaries: dict[str, Any], hashes: dict[str, str]) -> str:

@@ -1,7 +1,7 @@
 """Stage `report`: the paper's Tables 1, 2, 8 and 9, the Pareto plots of Fig. 2 and 3, the claims audit,
 provenance and the index of ``reports/``.
 
-Reads only metrics JSON files (``metrics/``) and ``pipeline/paper.yaml``. Tables 3-6, 11 and 12 are written by
+Reads only the stages' results JSON (``results/``) and ``pipeline/paper.yaml``. Tables 3-6, 11 and 12 are written by
 the stages that measure them (expressivity, ablation, symmetry); this stage indexes them. Every table cell
 of ours is traceable to MLflow: the CSVs carry the run ids of the cell's seeds.
 """
@@ -9,18 +9,19 @@ of ours is traceable to MLflow: the CSVs carry the run ids of the cell's seeds.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from faenet.metrics import mean_relative_improvement
+from faenet.tasks import OC20_VAL_SPLITS
 from pipeline.config import EVAL_SPLITS, ROOT, Params, params_hash, stage_main
 from pipeline.tables import MISSING, fmt, fmt_ms, load_paper, mean_std, paper_row, write_table
 from pipeline.tracking import provenance, write_json
 
-METRICS = ROOT / "metrics"
+RESULTS = ROOT / "results"
 REPORTS = ROOT / "reports"
-OC20_SPLITS = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
+OC20_SPLITS = OC20_VAL_SPLITS
 SPLIT_LABEL = {"val_id": "ID", "val_ood_ads": "OOD-ads", "val_ood_cat": "OOD-cat", "val_ood_both": "OOD-both",
                "average": "Avg"}
 DISPLAY = {"faenet": "FAENet", "schnet": "SchNet", "dimenet_pp": "DimeNet++", "forcenet": "ForceNet",
@@ -59,16 +60,16 @@ def _order(cell: dict[str, Any]) -> tuple:
 # Inputs
 # ----------------------------------------------------------------------------------------------------------
 
-def load_metrics(metrics_dir: Path = METRICS) -> dict[str, Any]:
-    """Every metrics file the report reads; absent stage outputs are None (their claims: not measurable)."""
+def load_metrics(results_dir: Path = RESULTS) -> dict[str, Any]:
+    """Every results file the report reads; absent stage outputs are None (their claims: not measurable)."""
     train = {}
-    for p in sorted((metrics_dir / "train").glob("*.json")):
+    for p in sorted((results_dir / "train").glob("*.json")):
         m = json.loads(p.read_text())
         if m.get("trained"):
             train[m["cell"]] = m
 
     def opt(name: str) -> dict[str, Any] | None:
-        p = metrics_dir / name
+        p = results_dir / name
         return json.loads(p.read_text()) if p.exists() else None
 
     return {"train": train, "fetch": opt("fetch.json"), "benchmark": opt("benchmark.json"),
@@ -238,20 +239,6 @@ def table2(ctx: dict[str, Any], profile: str) -> int:
 # Table 8 (QM9) and Eq. (11)
 # ----------------------------------------------------------------------------------------------------------
 
-def relative_improvement(mae: dict[str, float], schnet: dict[str, float],
-                         excluded: tuple[str, ...] = QM9_EXCLUDED) -> dict[str, Any]:
-    """Eq. (11): per property ``(MAE_SchNet - MAE_model) / MAE_SchNet``; mean and population std over the
-    properties both have, minus ``excluded``."""
-    per = {p: (schnet[p] - v) / schnet[p] for p, v in mae.items()
-           if p in schnet and schnet[p] and p not in excluded and v is not None}
-    vals = list(per.values())
-    if not vals:
-        return {"per_property": {}, "mean": None, "std": None, "n": 0}
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
-    return {"per_property": per, "mean": mean, "std": std, "n": len(vals)}
-
-
 def qm9_results(ctx: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per QM9 cell: test MAE per property (display units), epoch seconds, run ids."""
     out = {}
@@ -290,8 +277,9 @@ def table8(ctx: dict[str, Any], profile: str) -> dict[str, Any]:
     if schnet_cell is not None:
         ref = {t: v["mean"] for t, v in res[schnet_cell]["mae"].items() if v["mean"] is not None}
         for c in cells:
-            rel[c] = relative_improvement({t: v["mean"] for t, v in res[c]["mae"].items()}, ref)
-    paper_rel = {m: relative_improvement(paper_row("table8", m).get("mae", {}), paper_row("table8", "schnet")["mae"])
+            rel[c] = mean_relative_improvement({t: v["mean"] for t, v in res[c]["mae"].items()}, ref, QM9_EXCLUDED)
+    paper_schnet = paper_row("table8", "schnet")["mae"]
+    paper_rel = {m: mean_relative_improvement(paper_row("table8", m).get("mae", {}), paper_schnet, QM9_EXCLUDED)
                  for m in paper_models}
     for label, key in (("mean rel. improvement", "mean"), ("std rel. improvement", "std")):
         rows.append([label, "–"] + [fmt(rel.get(c, {}).get(key), 3) for c in cells]
@@ -434,7 +422,7 @@ TABLE_INDEX = (
 
 def write_index(profile: str, figures: list[str], claims_summary: str) -> None:
     lines = ["# Reports", "", f"Written by `dvc repro`, profile `{profile}`. Every number here is computed by the "
-             "pipeline from the metrics in `metrics/`; the paper's numbers come from `pipeline/paper.yaml`.", "",
+             "pipeline from the results in `results/`; the paper's numbers come from `pipeline/paper.yaml`.", "",
              f"**Claims audit**: [claims.md](claims.md) ({claims_summary}).", "",
              "| file | what | stage |", "|---|---|---|"]
     for name, what, stage in TABLE_INDEX:

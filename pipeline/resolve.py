@@ -8,8 +8,8 @@ legitimately differs, it says so through an argument, never through its own rule
 
 - ``profile``: the profile whose ``hparams`` and ``train`` resolve the cell (default: the active one); the
   benchmark measures the models at ``profile="paper"`` too;
-- ``hparam_base``: constructor arguments under the profile's (the ablation: ``faenet.model.TABLE7["is2re"]``,
-  the paper's IS2RE architecture, so that its Table 6 switches change something);
+- ``hparam_base``: constructor arguments under the profile's (the ablation: the paper profile's FAENet IS2RE
+  hyperparameters, ``profiles.paper.hparams.faenet.is2re``, so that its Table 6 switches change something);
 - ``table6_row``: a Table 6 row whose switches go over the profile's (``faenet.model.table6_hparams``);
 - ``epochs``: replaces the task's ``epochs`` (the ablation shortens its trainings);
 - ``eval_splits``: a subset of the task's splits (the ablation evaluates the four val splits, not test).

@@ -129,6 +129,15 @@ def build_wrapped(spec: RunSpec):
     return net, SymmetryWrapper(net, spec.symmetry, frame_dim=spec.frame_dim)
 
 
+def check_splits(model: Any, sets: Mapping[str, Any], eval_names: Sequence[str]) -> None:
+    """Refuse an empty split, or one with atomic numbers ``model`` does not embed, before any training: the
+    last eval splits are otherwise first read after the whole run (``faenet.data.dataset.check_split``)."""
+    from faenet.data.dataset import check_split
+
+    for name in ("train", *eval_names):
+        check_split(model, sets[name], name)
+
+
 def load_final(spec: RunSpec):
     """The trained ``(model, SymmetryWrapper(model))`` of a finished run (its final state), loaded weights-only:
     a file that would run code raises ``faenet.checkpoint.UnsafeCheckpointError`` naming it, a corrupt one
@@ -164,12 +173,14 @@ def fit(spec: RunSpec, sets: Mapping[str, Any], eval_names: Sequence[str], needs
     started = time.time()
     epoch_ended: dict[int, float] = {}
     net, wrapped = build_wrapped(spec)
+    check_splits(net, sets, eval_names)
     result = train(wrapped, sets["train"], {n: sets[n] for n in eval_names[:1]}, spec.settings, needs_forces,
                    checkpoint_path=spec.ckpt_path, on_epoch=lambda epoch, _: epoch_ended.update({epoch: time.time()}),
                    progress=progress)
     if result.resumed_from_epoch:
         print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}", flush=True)
-    final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces) for n in eval_names}
+    final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces, split=n)
+             for n in eval_names}
     if spec.target != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply
         final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
     state = {"model": net.state_dict(), "model_name": spec.model_name, "hparams": spec.hparams,

@@ -3,7 +3,7 @@
     python -m pipeline.symmetry
 
 For each task of ``symmetry.datasets`` (is2re, s2ef; qm7x goes to the JSON only), every cell whose
-``metrics/train/<cell>.json`` says ``trained: true`` and, if ``symmetry.notrain``, an untrained FAENet
+``results/train/<cell>.json`` says ``trained: true`` and, if ``symmetry.notrain``, an untrained FAENet
 (the paper's No-Train row), each seed is evaluated by ``faenet.symmetry_eval.evaluate_symmetry`` on
 ``max_graphs`` graphs of ``val_id`` (a subset drawn with ``symmetry.seed`` if the split is larger), with
 ``n_transforms`` random transforms per graph: rotations about z and vertical mirror planes for slabs
@@ -20,11 +20,12 @@ rewiring from ``train``) after ``torch.manual_seed(seed)`` for each training see
 normaliser is fitted on the task's training split (mean/std of the training targets, with the element
 shift if the train settings ask for one), as the train stage does, so its outputs are on the eV scale.
 
-Outputs: ``metrics/symmetry.json`` (DVC metric), ``reports/tables/table11.{md,csv}`` (IS2RE) and
+Outputs: ``results/symmetry.json`` (full results; its headline ``metrics/symmetry.json``, the DVC metric, is
+``headline``), ``reports/tables/table11.{md,csv}`` (IS2RE) and
 ``table12.{md,csv}`` (S2EF), one MLflow run per (cell, seed) (tags ``dvc_stage=symmetry``, ``cell``,
 ``profile``; metrics ``<split>_<metric>``; the per-graph values as the artifact ``symmetry_per_graph.json``).
 
-Schema of ``metrics/symmetry.json`` (``SCHEMA``)::
+Schema of ``results/symmetry.json`` (``SCHEMA``)::
 
     {"schema": "faenet-repro/symmetry/v1",
      "profile": str,
@@ -104,14 +105,16 @@ class StagePaths:
 
     data: Path
     models: Path
-    train_metrics: Path
+    train_results: Path  # the train stage's full results, one JSON per cell
     tables: Path
-    metrics: Path
+    results: Path  # this stage's full results
+    headline: Path  # its DVC metric
 
     @classmethod
     def under(cls, root: Path) -> StagePaths:
-        return cls(data=root / "data", models=root / "models", train_metrics=root / "metrics" / "train",
-                   tables=root / "reports" / "tables", metrics=root / "metrics" / "symmetry.json")
+        return cls(data=root / "data", models=root / "models", train_results=root / "results" / "train",
+                   tables=root / "reports" / "tables", results=root / "results" / "symmetry.json",
+                   headline=root / "metrics" / "symmetry.json")
 
 
 class StageInputError(RuntimeError):
@@ -131,13 +134,13 @@ def row_key(model: str, symmetry: str) -> str:
     return f"{model}-{symmetry}"
 
 
-def trained_cells(train_metrics: Path, datasets: list[str], profile: str) -> list[dict[str, Any]]:
-    """The train metrics of every trained cell of ``datasets``; a cell trained under another profile is an
+def trained_cells(train_results: Path, datasets: list[str], profile: str) -> list[dict[str, Any]]:
+    """The train results of every trained cell of ``datasets``; a cell trained under another profile is an
     error (its checkpoints do not belong to this run of the pipeline)."""
-    if not train_metrics.is_dir():
-        raise StageInputError(f"{train_metrics} is missing: run the train stage first (`dvc repro train`)")
+    if not train_results.is_dir():
+        raise StageInputError(f"{train_results} is missing: run the train stage first (`dvc repro train`)")
     cells = []
-    for path in sorted(train_metrics.glob("*.json")):
+    for path in sorted(train_results.glob("*.json")):
         try:
             m = json.loads(path.read_text())
         except json.JSONDecodeError as err:
@@ -162,7 +165,7 @@ def _retrain_hint(cell_meta: Mapping[str, Any]) -> str:
 
 def _missing(path: Path, cell_meta: Mapping[str, Any], seed: int) -> CheckpointError:
     return CheckpointError(f"{path}: checkpoint of cell {cell_meta['cell']}, seed {seed} is missing although "
-                           f"metrics/train/{cell_meta['cell']}.json says the cell was trained; "
+                           f"results/train/{cell_meta['cell']}.json says the cell was trained; "
                            f"{_retrain_hint(cell_meta)}")
 
 
@@ -289,14 +292,14 @@ def _jobs(params: Params, paths: StagePaths) -> list[_Job]:
     from pipeline.resolve import resolve_cell
 
     cfg = params.active.symmetry
-    cells = [c for c in trained_cells(paths.train_metrics, list(cfg.datasets), params.profile)
+    cells = [c for c in trained_cells(paths.train_results, list(cfg.datasets), params.profile)
              if not excluded(c["cell"], cfg.exclude)]
     jobs: list[_Job] = []
     for task in cfg.datasets:
         for m in (c for c in cells if c["dataset"] == task):
             runs = [r for r in m.get("runs", []) if r.get("target", "energy") == "energy"]
             if not runs:
-                raise StageInputError(f"metrics/train/{m['cell']}.json lists no energy runs; rerun its train "
+                raise StageInputError(f"results/train/{m['cell']}.json lists no energy runs; rerun its train "
                                       "stage")
             for r in runs:
                 jobs.append(_Job(task, m["cell"], row_key(m["model"], m["symmetry"]), m["model"], m["symmetry"],
@@ -413,7 +416,7 @@ def _run_all(jobs: list[_Job], params: Params, paths: StagePaths, progress: bool
 
 def evaluate_all(params: Params, paths: StagePaths, log_run: RunLogger | None = None,
                  progress: bool = True) -> dict[str, Any]:
-    """Evaluate every job (cell x seed, No-Train x seed) and return the ``metrics/symmetry.json`` object."""
+    """Evaluate every job (cell x seed, No-Train x seed) and return the ``results/symmetry.json`` object."""
     prof = params.active
     cfg = prof.symmetry
     jobs = _jobs(params, paths)
@@ -443,7 +446,7 @@ def evaluate_all(params: Params, paths: StagePaths, log_run: RunLogger | None = 
         results[task][cell] = _cell_entry(runs, FRAME_DIM[task], paths)
     sizes = {task: next((o["n_split"] for i, o in outputs.items() if jobs[i].task == task), None)
              for task in cfg.datasets}
-    skipped = sorted(c["cell"] for c in trained_cells(paths.train_metrics, list(cfg.datasets), params.profile)
+    skipped = sorted(c["cell"] for c in trained_cells(paths.train_results, list(cfg.datasets), params.profile)
                      if excluded(c["cell"], cfg.exclude))
     return {"schema": SCHEMA, "profile": params.profile, "params_hash": params_hash(params),
             "config": {**cfg.model_dump(mode="json"), "split": {t: EVAL_SPLITS[t][0] for t in cfg.datasets},
@@ -494,11 +497,27 @@ def mlflow_logger(params: Params) -> RunLogger:
 
 def run_stage(params: Params, paths: StagePaths, log_run: RunLogger | None = None,
               progress: bool = True) -> dict[str, Any]:
-    """Evaluate, then write ``metrics/symmetry.json`` and Tables 11-12; returns the JSON object."""
+    """Evaluate, then write the results, their headline and Tables 11-12; returns the results object."""
     result = evaluate_all(params, paths, log_run, progress)
-    write_json(paths.metrics, result)
+    write_json(paths.results, result)
+    write_json(paths.headline, headline(result))
     write_tables(result, paths.tables)
     return result
+
+
+#: The headline's metrics (``all`` graphs, mean over seeds): energy invariance, and for force tasks the
+#: rotation equivariance of the forces; the other metrics stay in the full results.
+HEADLINE_METRICS = {"rot_i": "rot_i_meV", "refl_i": "refl_i_meV", "f_rot_e": "f_rot_e_meV_per_A"}
+
+
+def headline(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The stage's DVC metric from its full ``result``: per task and evaluated row (trained cells and No-Train),
+    Rot-I and Refl-I (and F-Rot-E for force tasks) on the evaluated split, mean over seeds."""
+    out: dict[str, Any] = {"profile": result["profile"]}
+    for task in result["config"]["datasets"]:
+        out[task] = {cell: {name: e["all"][k]["mean"] for k, name in HEADLINE_METRICS.items() if k in e["all"]}
+                     for cell, e in sorted(result.get(task, {}).items())}
+    return out
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Tables 11 (IS2RE) and 12 (S2EF) of paper App. D from the ``metrics/symmetry.json`` object.
+"""Tables 11 (IS2RE) and 12 (S2EF) of paper App. D from the ``results/symmetry.json`` object.
 
 ``write_tables(result, folder)`` writes ``table11.{md,csv}`` and ``table12.{md,csv}``: the md has the paper's
 layout and row order with our values (mean ± std over seeds) beside the paper's (``pipeline/paper.yaml``),
@@ -135,11 +135,11 @@ def table_notes(task: str, result: Mapping[str, Any]) -> list[str]:
         f"{2 ** fd} frames drawn for x and Rx with probability 1/{2 ** fd}); of SE(3)-SFA: "
         f"{1 - 1 / 2 ** (fd - 1):.2f} ({2 ** (fd - 1)} frames). Reflected-input Pos (`pos_refl`) is in the JSON.",
         f"Mean ± sample std over seeds {', '.join(str(x) for x in seeds)} (per-seed values in "
-        "`metrics/symmetry.json`); one seed: the value alone.",
+        "`results/symmetry.json`); one seed: the value alone.",
         "MAE (ours): energy MAE of the predictions on the untransformed evaluated graphs, i.e. the reference "
         "E(x) of the invariance metrics (for SFA the same frame draws); recomputed here, so it exists for "
         "No-Train too. MAE train val_id: the train stage's energy MAE on the whole `val_id` split "
-        "(`metrics/train/<cell>.json`, its own SFA draws).",
+        "(`results/train/<cell>.json`, its own SFA draws).",
         "No-Train: FAENet with the profile's hyperparameters for the task, initialised after "
         "`torch.manual_seed(seed)`, no symmetry method, outputs de-normalised with the mean/std of the training "
         "targets (fitted on the training split as the train stage does). The paper prints No-Train's IS2RE MAE "

@@ -32,7 +32,7 @@ def git_info() -> dict[str, str]:
     commit = run("rev-parse", "HEAD").strip() or "unknown"
     # dvc.lock and generated outputs change during a repro; they do not make the code dirty.
     dirty_lines = [ln for ln in run("status", "--porcelain", "--untracked-files=no").splitlines()
-                   if not any(p in ln for p in ("dvc.lock", "metrics/", "reports/"))]
+                   if not any(p in ln for p in ("dvc.lock", "metrics/", "results/", "reports/"))]
     return {"git_commit": commit, "git_dirty": str(bool(dirty_lines)).lower()}
 
 

@@ -2,8 +2,10 @@
 
     python -m pipeline.train --model faenet --dataset is2re --symmetry sfa
 
-Writes ``metrics/train/<cell>.json`` (DVC metric, in git), the per-epoch curves
-``metrics/train/curves/<cell>.csv`` (DVC plot) and the final checkpoints ``models/<cell>/`` (DVC cache).
+Writes the cell's full results ``results/train/<cell>.json`` (what the symmetry and report stages read), its
+headline ``metrics/train/<cell>.json`` (DVC metric: ``headline``), the per-epoch curves
+``results/curves/<cell>.csv`` (DVC plot, one series per seed and QM9 target: ``write_curves``) and the final
+checkpoints ``models/<cell>/`` (DVC cache); the three files are in git.
 One MLflow run per seed (per seed and property for QM9, which trains one model per target as the paper).
 
 Nothing computed is lost: checkpoints of unfinished runs live in ``work/ckpt/`` (outside DVC's outputs,
@@ -22,11 +24,13 @@ import argparse
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import (
     DATASETS,
+    EVAL_SPLITS,
     ROOT,
     SYMMETRY_METHODS,
     ConfigError,
@@ -39,13 +43,36 @@ from pipeline.tables import mean_std
 from pipeline.tracking import write_json
 
 DATA = ROOT / "data"
+#: Leading columns of a curves file; ``CURVE_Y`` is the column dvc.yaml plots (the main val split's energy MAE).
+CURVE_KEYS = ("epoch", "series", "seed", "target", "val_split")
+CURVE_Y = "val_energy_mae"
 
 
-def _write_skip(cell: str, reason: str, metrics_path: Path, curves_path: Path, models_dir: Path) -> None:
-    models_dir.mkdir(parents=True, exist_ok=True)
-    (models_dir / "NOT_TRAINED.txt").write_text(reason + "\n")
-    curves_path.write_text("epoch,seed\n")
-    write_json(metrics_path, {"cell": cell, "trained": False, "reason": reason})
+@dataclass(frozen=True)
+class CellOutputs:
+    """The files of one cell (dvc.yaml train: outs, metrics, plots)."""
+
+    results: Path  # full results (summarize_cell)
+    headline: Path  # DVC metric (headline)
+    curves: Path  # DVC plot (write_curves)
+    models: Path  # checkpoints
+
+    @classmethod
+    def of(cls, cell: str, root: Path = ROOT) -> CellOutputs:
+        return cls(results=root / "results" / "train" / f"{cell}.json",
+                   headline=root / "metrics" / "train" / f"{cell}.json",
+                   curves=root / "results" / "curves" / f"{cell}.csv", models=root / "models" / cell)
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        write_json(self.results, record)
+        write_json(self.headline, headline(record))
+
+
+def _write_skip(cell: str, reason: str, out: CellOutputs) -> None:
+    out.models.mkdir(parents=True, exist_ok=True)
+    (out.models / "NOT_TRAINED.txt").write_text(reason + "\n")
+    write_curves(out.curves, [], "")
+    out.write_record({"cell": cell, "trained": False, "reason": reason})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,18 +87,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(params: Params, args: argparse.Namespace) -> int:
     cell = cell_name(args.model, args.dataset, args.symmetry)
-    metrics_path = ROOT / "metrics" / "train" / f"{cell}.json"
-    curves_path = ROOT / "metrics" / "train" / "curves" / f"{cell}.csv"
-    models_dir = ROOT / "models" / cell
-    curves_path.parent.mkdir(parents=True, exist_ok=True)
+    out = CellOutputs.of(cell)
     if not params.trains(args.model, args.dataset, args.symmetry):
         why = (f"train.only of profile '{params.profile}' filters it out" if cell in params.train_cells
                else f"train_cells has no {cell!r}")
-        _write_skip(cell, f"not trained: {why}", metrics_path, curves_path, models_dir)
+        _write_skip(cell, f"not trained: {why}", out)
         print(f"{cell}: not trained ({why})")
         return 0
     validate_models(params)
-    return run_cell(params, args.model, args.dataset, args.symmetry, metrics_path, curves_path, models_dir)
+    return run_cell(params, args.model, args.dataset, args.symmetry, out)
 
 
 def dataset_targets(task: str) -> list[str]:
@@ -109,8 +133,7 @@ class RecordTransform:
         return out
 
 
-def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_path: Path, curves_path: Path,
-             models_dir: Path) -> int:
+def run_cell(params: Params, model_name: str, task: str, symmetry: str, out: CellOutputs) -> int:
     import torch
 
     from faenet.data.dataset import content_hash
@@ -136,7 +159,7 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
         targets = [(t, names.index(t)) for t in rc.targets]
     else:
         targets = [(t, None) for t in rc.targets]
-    models_dir.mkdir(parents=True, exist_ok=True)
+    out.models.mkdir(parents=True, exist_ok=True)
     prov = run_provenance_tags()
     jobs = []
     for target, t_index in targets:
@@ -147,13 +170,12 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
         for seed in rc.seeds:
             spec = resolve_run(params, rc, seed, target, data_hash=data_hash, provenance_tags=prov)
             jobs.append(Job(spec, data, tuple(eval_names), rc.needs_forces, rc.eval_batch_size,
-                            str(models_dir / f"{spec.tag}.pt")))
+                            str(out.models / f"{spec.tag}.pt")))
     runs = run_all(jobs, workers=prof.train.workers, threads=prof.train.threads)
     n_params = runs[-1]["n_params"]
-    curve_rows = [{"seed": r["seed"], "target": r["target"], **h} for r in runs for h in r["history"]]
-    write_json(metrics_path, summarize_cell(params, cell, model_name, task, symmetry, runs, n_params, data_hash,
-                                            rc.rewiring))
-    _write_curves(curves_path, curve_rows)
+    record = summarize_cell(params, cell, model_name, task, symmetry, runs, n_params, data_hash, rc.rewiring)
+    out.write_record(record)
+    write_curves(out.curves, runs, eval_names[0])
     m = json_first_metric(runs, eval_names[0])
     print(f"{cell}: {eval_names[0]} {m}")
     return 0
@@ -161,7 +183,7 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, metrics_
 
 def summarize_cell(params: Params, cell: str, model: str, task: str, symmetry: str, runs: list[dict[str, Any]],
                    n_params: int, data_hash: str, rewiring: str) -> dict[str, Any]:
-    """The cell's DVC metric: per split and metric, mean ± std over seeds (and per QM9 target)."""
+    """The cell's full results: per split and metric, mean ± std over seeds (and per QM9 target)."""
     from pipeline.resolve import resolve_cell
 
     per: dict[str, dict[str, list[float]]] = {}
@@ -188,10 +210,51 @@ def json_first_metric(runs: list[dict[str, Any]], split: str) -> str:
     return ", ".join(f"{k} {mean_std(v)['mean']:.4f} ± {mean_std(v)['std']:.4f}" for k, v in vals.items())
 
 
-def _write_curves(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("epoch", "seed", "target"), k))
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    """The cell's DVC metric (``dvc metrics show/diff``), a few numbers from its full results ``record``
+    (``summarize_cell``): the MAEs of the main val split (``EVAL_SPLITS``' first, ``val_id``) and of ``test``
+    (mean and std over seeds; energy, and forces for force tasks), and the mean epoch time. QM9 trains one
+    model per property: the per-property test MAE (Table 8's number), means only, so that the 12 properties of
+    the paper profile still fit in a short headline. An untrained cell's record has no numbers and is its own
+    headline."""
+    if not record.get("trained"):
+        return dict(record)
+    out: dict[str, Any] = {"cell": record["cell"], "trained": True, "profile": record["profile"]}
+    splits = record["splits"]
+    if record["dataset"] == "qm9":
+        out["test"] = {k: v["mean"] for k, v in sorted(splits.get("test", {}).items()) if k.endswith("_mae")}
+    else:
+        for split in (EVAL_SPLITS[record["dataset"]][0], "test"):
+            for k in ("energy_mae", "force_mae"):
+                if k in splits.get(split, {}):
+                    out.setdefault(split, {}).update({k: splits[split][k]["mean"],
+                                                      f"{k}_std": splits[split][k]["std"]})
+    out["epoch_seconds"] = record["epoch_seconds_mean"]
+    return out
+
+
+def curve_series(seed: int, target: str) -> str:
+    """The name of one run's line in the curves plot: ``seed0``, or ``gap-seed0`` for a QM9 property."""
+    return f"seed{seed}" if target == "energy" else f"{target}-seed{seed}"
+
+
+def write_curves(path: Path, runs: list[dict[str, Any]], val_split: str) -> None:
+    """The learning curves of a cell's ``runs`` (records with ``seed``, ``target`` and per-epoch ``history``),
+    long format: one row per (run, epoch), ``series`` naming the run (``curve_series``), so DVC's
+    ``learning_curves`` template (``.dvc/plots/``) draws one line per seed and QM9 property. The history's
+    ``<val_split>_*`` columns (the split evaluated every epoch) are written as ``val_*``, so every cell has the
+    plotted column ``CURVE_Y``; ``val_split`` keeps the split's name."""
+    rows = []
+    for r in runs:
+        for h in r["history"]:
+            rows.append({"series": curve_series(r["seed"], r["target"]), "seed": r["seed"], "target": r["target"],
+                         "val_split": val_split,
+                         **{("val_" + k[len(val_split) + 1:] if k.startswith(val_split + "_") else k): v
+                            for k, v in h.items()}})
+    rest = sorted({k for row in rows for k in row} - set(CURVE_KEYS) - {CURVE_Y})
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys or ["epoch", "seed"])
+        w = csv.DictWriter(fh, fieldnames=[*CURVE_KEYS, CURVE_Y, *rest])
         w.writeheader()
         w.writerows(rows)
 

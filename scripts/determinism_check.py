@@ -2,8 +2,8 @@
 every metric of the two runs is compared to the last bit.
 
 Checks what the README promises: a run is bit-identical to another run of the same code on the same machine,
-and a killed-and-resumed run equals an uninterrupted one. Prints the kill-to-resumed time and, per metrics
-file, "identical" or the first differing leaves. Takes about two smoke runs (~6 min on 2 cores).
+and a killed-and-resumed run equals an uninterrupted one. Prints the kill-to-resumed time and, per results
+and headline file, "identical" or the first differing leaves. Takes about two smoke runs (~6 min on 2 cores).
 
     .venv/bin/python scripts/determinism_check.py [--kill-after-stage train@faenet-is2re-sfa]
 """
@@ -34,7 +34,7 @@ def _copy_checkout(dest: Path) -> None:
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         src = ROOT / f
-        if src.is_file() and not f.startswith(("metrics/", "reports/", "dvc.lock")):
+        if src.is_file() and not f.startswith(("metrics/", "results/", "reports/", "dvc.lock")):
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
     params = (dest / "params.yaml").read_text()
@@ -88,7 +88,7 @@ def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 def _compare(a: Path, b: Path) -> list[str]:
     lines = []
-    for fa in sorted((a / "metrics").rglob("*.json")):
+    for fa in sorted([*(a / "results").rglob("*.json"), *(a / "metrics").rglob("*.json")]):
         rel = fa.relative_to(a)
         fb = b / rel
         if not fb.exists():

@@ -51,8 +51,8 @@ def _run(root, raw, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     monkeypatch.chdir(root)
     params = parse_params(copy.deepcopy(raw))
-    return run_ablation(params, data_dir=root / "data" / "is2re", metrics_path=root / "metrics" / "ablation.json",
-                        tables_dir=root / "reports" / "tables")
+    return run_ablation(params, data_dir=root / "data" / "is2re", results_path=root / "results" / "ablation.json",
+                        tables_dir=root / "reports" / "tables", headline_path=root / "metrics" / "ablation.json")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def first_run(micro):
 
 def test_metrics_schema_and_values(first_run):
     root, _, result = first_run
-    on_disk = json.loads((root / "metrics" / "ablation.json").read_text())
+    on_disk = json.loads((root / "results" / "ablation.json").read_text())
     assert on_disk["order"] == VARIANTS == result["order"]
     assert on_disk["baseline"] == BASELINE
     p = on_disk["protocol"]
@@ -98,6 +98,12 @@ def test_metrics_schema_and_values(first_run):
     assert on_disk["rankings"]["paper"]["mae"] == [BASELINE, "Simple Energy Head"]
     assert on_disk["best_mae"]["paper"] == BASELINE and on_disk["fastest"]["paper"] == "Simple Energy Head"
     assert on_disk["best_mae"]["ours"] in VARIANTS and on_disk["throughput_mlflow_run_id"]
+    # The DVC metric: MAE and throughput per row, from the same numbers.
+    head = json.loads((root / "metrics" / "ablation.json").read_text())
+    assert head == {"profile": "smoke", "rows": {v: {
+        "mae_meV": on_disk["variants"][v]["mae_mev"]["average"]["mean"],
+        "mae_meV_std": on_disk["variants"][v]["mae_mev"]["average"]["std"],
+        "samples_per_s": on_disk["variants"][v]["throughput"]["samples_per_s"]} for v in VARIANTS}}
 
 
 def test_table6_written_in_the_paper_layout(first_run):

@@ -7,6 +7,7 @@ import io
 import tarfile
 import threading
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,93 @@ def test_safe_extract_refuses_devices_and_bad_zip(tmp_path):
     (tmp_path / "plain.bin").write_bytes(b"neither")
     with pytest.raises(ValueError, match="neither a tar"):
         safe_extract(tmp_path / "plain.bin", tmp_path / "t2")
+
+
+def _snapshot(folder):
+    """Every path under ``folder`` (links not followed): what a refused extraction must leave unchanged."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# Link chains whose every target is "inside" as text but not once the earlier links are followed.
+@pytest.mark.parametrize("members,bad", [
+    # a -> . ; b -> a/.. is the target's parent; c -> b/.. two levels up; then a file through c.
+    ([_file("ok.txt"), _link("a", "."), _link("b", "a/.."), _link("c", "b/.."), _file("c/escape.txt")],
+     "symlink 'b' -> 'a/..'"),
+    # a link to a link to a link that leaves the target.
+    ([_link("l1", "."), _link("l2", "l1/sub/.."), _link("l3", "l2/../x"), _file("ok.txt")], "symlink 'l3'"),
+    # nested: a folder link, then a link that climbs out through it.
+    ([_file("d/f.txt"), _link("d/up", ".."), _link("d/out", "up/../elsewhere")], "symlink 'd/out'"),
+    # a -> b/.. is checked while b does not exist; b -> c, c -> . then make a the target's parent.
+    ([_link("a", "b/.."), _link("c", "."), _link("b", "c")], "symlink 'a' -> 'b/..', once the whole archive"),
+    # a hard link whose target text is inside but goes through a symlink to the parent.
+    ([_link("a", "."), _link("h", "a/../outside.txt", tarfile.LNKTYPE)], "hard link 'h'"),
+    # a hard link to something that is not a file of this archive (a file outside, a folder, nothing).
+    ([_file("d/x.txt"), _link("h", "d", tarfile.LNKTYPE)], "hard link 'h' -> 'd' does not point at a regular"),
+    ([_link("h", "missing.txt", tarfile.LNKTYPE)], "hard link 'h' -> 'missing.txt' does not point"),
+    # absolute targets, for symlinks and hard links, and a chain ending in one.
+    ([_file("ok.txt"), _link("abs", "/tmp")], "symlink 'abs' -> '/tmp'"),
+    ([_link("habs", "/etc/hostname", tarfile.LNKTYPE)], "hard link 'habs'"),
+    # a loop: the kernel gives ELOOP, we refuse.
+    ([_link("p", "q"), _link("q", "p")], "symlink"),
+    # a file written over a link (opening it would write wherever the link points), or under a file.
+    ([_link("l", "sub/f"), _file("l", b"overwrite")], "written through the link 'l'"),
+    ([_file("f"), _file("f/x")], "written through the file 'f'"),
+])
+def test_safe_extract_refuses_link_chains_before_writing(tmp_path, members, bad):
+    arc = _tar(tmp_path / "chain.tar", members, mode="w")
+    target = tmp_path / "deep" / "t"
+    target.mkdir(parents=True)
+    (target / "kept.txt").write_bytes(b"before")
+    before = _snapshot(tmp_path)
+    with pytest.raises(UnsafeArchiveError, match=bad.replace(".", r"\.").replace("(", r"\(")):
+        safe_extract(arc, target)
+    assert _snapshot(tmp_path) == before  # nothing new anywhere: not in the target, not above it
+    assert (target / "kept.txt").read_bytes() == b"before"
+
+
+def test_safe_extract_keeps_links_that_stay_inside(tmp_path):
+    arc = _tar(tmp_path / "ok.tar", [_file("data/a.txt", b"A"), _link("data/link", "a.txt"),
+                                     _link("alias", "data/link"), _link("data/sub/up", ".."),
+                                     _link("data/sub/a2", "up/a.txt"),
+                                     _link("data/hard", "data/a.txt", tarfile.LNKTYPE)], mode="w")
+    target = tmp_path / "t"
+    safe_extract(arc, target)
+    for name in ("data/a.txt", "data/link", "alias", "data/sub/a2", "data/hard"):
+        assert (target / name).read_bytes() == b"A", name
+    assert (target / "data" / "hard").stat().st_ino == (target / "data" / "a.txt").stat().st_ino
+    assert not list(target.glob(".extract-*"))  # the staging folder is gone
+    safe_extract(arc, target)  # extracting again over the same files merges and overwrites
+    assert (target / "alias").read_bytes() == b"A"
+
+
+def test_safe_extract_never_writes_through_an_existing_link_of_the_target(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "data").symlink_to(outside)  # left there earlier, by someone else
+    arc = _tar(tmp_path / "a.tar", [_file("fine.txt"), _file("data/x.txt")], mode="w")
+    with pytest.raises(UnsafeArchiveError, match=r"data already exists as a symlink"):
+        safe_extract(arc, target)
+    z = tmp_path / "a.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("fine.txt", b"z")
+        zf.writestr("data/y.txt", b"z")
+    with pytest.raises(UnsafeArchiveError, match=r"data already exists as a symlink"):
+        safe_extract(z, target)
+    assert not list(outside.iterdir())
+    assert sorted(p.name for p in target.iterdir()) == ["data"]  # not even fine.txt was moved in
+
+
+def test_safe_extract_leaves_the_target_unchanged_when_extraction_fails(tmp_path, monkeypatch):
+    arc = _tar(tmp_path / "ok.tar", [_file("a.txt"), _file("b/c.txt")], mode="w")
+    target = tmp_path / "t"
+
+    def broken(self, path, *args, **kwargs):  # fails half-way: one file written, then an error
+        (Path(path) / "a.txt").write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", broken)
+    with pytest.raises(OSError, match="disk full"):
+        safe_extract(arc, target)
+    assert not list(target.iterdir())  # no staging folder and no partial tree left behind

@@ -33,8 +33,8 @@ CELL_KEYS = {"pair", "layers", "model", "paper", "strict", "reported", "best_epo
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
     out = tmp_path_factory.mktemp("expressivity")
-    metrics = run_stage(MICRO, profile="micro", tables_dir=out / "tables", metrics_path=out / "expressivity.json",
-                        track=False, progress=False)
+    metrics = run_stage(MICRO, profile="micro", tables_dir=out / "tables", results_path=out / "expressivity.json",
+                        headline_path=out / "headline.json", track=False, progress=False)
     return out, metrics
 
 
@@ -144,11 +144,24 @@ def test_configuration_errors_name_the_key():
     assert Experiment("table3", "faenet", "kchain_4", 2, "2").name == "faenet-kchain_4-L2"
 
 
+def test_headline_summarises_the_tables(stage):
+    out, metrics = stage
+    head = json.loads((out / "headline.json").read_text())
+    assert head["profile"] == "micro" and set(head["separation_rate"]) == {"schnet", "faenet-full"}
+    assert {t: head["tables"][t]["cells"] for t in ("table3", "table4", "table5")} == {"table3": 2, "table4": 2,
+                                                                                        "table5": 4}
+    # SchNet on Table 5: the share of its (pair, seed) runs at 100% under the paper protocol.
+    runs = [a for c in metrics["table5"]["schnet"].values() for a in c["paper"]["per_seed"]]
+    assert head["separation_rate"]["schnet"]["table5"] == sum(a == 100.0 for a in runs) / len(runs)
+    for t in head["tables"].values():
+        assert t["match_paper"] is None if not t["reported"] else 0 <= t["match_paper"] <= 1
+
+
 def test_mlflow_runs_hold_the_per_seed_accuracies(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     cfg = MICRO.model_copy(update={"models": ["schnet"], "body_pairs": ["3body"], "epochs": 2})
-    metrics = run_stage(cfg, profile="micro", tables_dir=tmp_path / "tables", metrics_path=tmp_path / "m.json",
-                        tags={"profile": "micro"}, progress=False)
+    metrics = run_stage(cfg, profile="micro", tables_dir=tmp_path / "tables", results_path=tmp_path / "m.json",
+                        headline_path=tmp_path / "h.json", tags={"profile": "micro"}, progress=False)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()

@@ -78,3 +78,29 @@ def test_triplets_match_brute_force(use_offsets):
                 if not reverse:
                     expected.append((i, j, k, kj, ji))
         assert got == sorted(expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_vesin_candidates_give_the_dense_graph_exactly(dtype):
+    """``backend="vesin"`` (the fetch-time default for periodic cells) == the dense pure-torch path, bit for
+    bit and in the same order: fcc slabs and bulk cells (many equidistant neighbours, so the neighbour limit
+    cuts through ties), positions outside the cell, skewed random cells, partial periodicity."""
+    import numpy as np
+    from ase.build import bulk
+
+    slab = fcc111("Pt", (2, 2, 3), vacuum=7.0)
+    add_adsorbate(slab, "O", 1.5, "fcc")
+    cases = [(slab.positions, slab.cell.array, 6.0), (slab.positions + 7.3, slab.cell.array, 6.0),
+             (bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2)).positions, np.eye(3) * 7.22, 6.0)]
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        cell = np.diag(rng.uniform(3, 9, 3)) + rng.uniform(-1.5, 1.5, (3, 3)) * (1 - np.eye(3))
+        cases.append((rng.uniform(-0.2, 1.2, (int(rng.integers(1, 25)), 3)) @ cell, cell, float(rng.uniform(2, 7))))
+    for pos, cell, cutoff in cases:
+        for pbc in ((True, True, True), (True, True, False)):
+            for limit in (50, 12, 5):
+                args = (torch.tensor(pos, dtype=dtype), cutoff, limit, torch.tensor(cell, dtype=dtype), pbc)
+                dense, fast = radius_graph(*args, backend="torch"), radius_graph(*args, backend="vesin")
+                assert torch.equal(dense[0], fast[0]) and torch.equal(dense[1], fast[1]), (pbc, limit)
+    with pytest.raises(ValueError, match="periodic cell"):
+        radius_graph(torch.zeros(2, 3), 3.0, backend="vesin")

@@ -18,7 +18,6 @@ from faenet.model import (
     MP_TYPES,
     SKIP_CO,
     TABLE6_ABLATIONS,
-    TABLE7,
     FAENet,
     real_spherical_harmonics,
     table6_hparams,
@@ -143,7 +142,7 @@ def test_fused_interaction_equals_literal_concatenation(mp_type, dtype, tol):
 
 
 def test_inference_path_handles_many_chunks(monkeypatch):
-    import faenet.model as fm
+    import faenet.inference as fm
 
     torch.manual_seed(0)
     batch = Batch.from_data_list([_crystal(1), _crystal(2)])
@@ -258,14 +257,26 @@ def test_molecules_without_tags_need_tag_channels_off():
     assert _tiny(tag_hidden_channels=0)(Batch.from_data_list([data]))["energy"].shape == (1,)
 
 
+def _table7() -> dict[str, dict]:
+    """The paper's Table 7 FAENet hyperparameters of each task: params.yaml ``profiles.paper.hparams.faenet``
+    (with the task's force mode), as the resolver gives them."""
+    from faenet.tasks import TASKS
+    from pipeline.config import load_params
+    from pipeline.resolve import resolve_cell
+
+    params = load_params()
+    return {t: resolve_cell(params, "faenet", t, "sfa", profile="paper").hparams for t in TASKS}
+
+
 def test_table6_ablations_and_table7_presets_build():
+    table7 = _table7()
     for name, change in TABLE6_ABLATIONS.items():
-        kw = {**TABLE7["is2re"], "hidden_channels": 48, "num_filters": 48, "tag_hidden_channels": 4,
+        kw = {**table7["is2re"], "hidden_channels": 48, "num_filters": 48, "tag_hidden_channels": 4,
               "pg_hidden_channels": 4, "num_gaussians": 10, **change}
         out = FAENet(**kw).eval()(Batch.from_data_list([_crystal(0, torch.float32)]))
         assert out["energy"].shape == (1,), name
     sizes = {}
-    for task, hp in TABLE7.items():
+    for task, hp in table7.items():
         model = FAENet(**hp)
         sizes[task] = model.num_parameters()
         assert model.regress_forces == hp["regress_forces"]
@@ -273,11 +284,12 @@ def test_table6_ablations_and_table7_presets_build():
     assert all(1e6 < n < 2e7 for n in sizes.values()), sizes
     # the paper's IS2RE model runs on a periodic slab; the QM9 one on a molecule
     with torch.no_grad():
-        is2re = FAENet(**TABLE7["is2re"]).eval()
+        is2re = FAENet(**table7["is2re"]).eval()
         assert is2re(Batch.from_data_list([_crystal(1, torch.float32)]))["energy"].shape == (1,)
-        qm9 = FAENet(**TABLE7["qm9"]).eval()
+        qm9 = FAENet(**table7["qm9"]).eval()
         assert qm9(Batch.from_data_list([_molecule(2, dtype=torch.float32)]))["energy"].shape == (1,)
-    assert math.isclose(TABLE7["qm7x"]["cutoff"], 5.0)
+    assert math.isclose(table7["qm7x"]["cutoff"], 5.0)
+    assert table7["s2ef"]["regress_forces"] == "direct_with_gradient_target" and table7["is2re"]["mp_type"] == "base"
 
 
 def test_table6_hparams_apply_switches_and_the_basic_mp_width():

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch, Data
 
-import faenet.model as fm
+import faenet.inference as fm
 from faenet.frames import compute_frames, project_all
 from faenet.graph import radius_graph
 from faenet.model import EDGE_EMBED_TYPES, EdgeEmbedding, FAENet, GaussianRBF

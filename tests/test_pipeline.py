@@ -51,7 +51,7 @@ def _copy_checkout(dest: Path) -> None:
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         src = ROOT / f
-        if src.is_file() and not f.startswith(("metrics/", "reports/", "dvc.lock")):
+        if src.is_file() and not f.startswith(("metrics/", "results/", "reports/", "dvc.lock")):
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
 
@@ -90,7 +90,7 @@ def smoke_repo(tmp_path_factory):
 
 def test_smoke_repro_writes_every_report(smoke_repo):
     repo, _, _, _ = smoke_repo
-    fetch = json.loads((repo / "metrics" / "fetch.json").read_text())
+    fetch = json.loads((repo / "results" / "fetch.json").read_text())
     assert fetch["profile"] == "smoke" and set(fetch["content_hashes"]) == {"is2re", "s2ef", "qm7x", "qm9"}
     assert (repo / "reports" / "data_card.md").read_text().strip()
     for n in (1, 2, 3, 4, 5, 6, 8, 9, 11, 12):
@@ -108,7 +108,7 @@ def test_smoke_repro_writes_every_report(smoke_repo):
 
 def test_train_cells_trained_and_skipped(smoke_repo):
     repo, _, _, _ = smoke_repo
-    cells = [json.loads(p.read_text()) for p in (repo / "metrics" / "train").glob("*.json")]
+    cells = [json.loads(p.read_text()) for p in (repo / "results" / "train").glob("*.json")]
     done = {m["cell"]: m for m in cells if m["trained"]}
     skipped = [m for m in cells if not m["trained"]]
     assert {"faenet-is2re-sfa", "faenet-is2re-full", "schnet-is2re-none", "faenet-qm7x-sfa",
@@ -122,10 +122,10 @@ def test_train_cells_trained_and_skipped(smoke_repo):
 
 def test_new_baseline_is_trained_and_reported(smoke_repo):
     repo, _, _, _ = smoke_repo
-    m = json.loads((repo / "metrics" / "train" / "tinynet-is2re-none.json").read_text())
+    m = json.loads((repo / "results" / "train" / "tinynet-is2re-none.json").read_text())
     assert m["trained"] and m["splits"]["val_id"]["energy_mae"]["mean"] > 0
     assert "tinynet" in (repo / "reports" / "tables" / "table9.md").read_text()
-    bench = json.loads((repo / "metrics" / "benchmark.json").read_text())
+    bench = json.loads((repo / "results" / "benchmark.json").read_text())
     assert any(m["model"] == "tinynet" and m["inference"]["samples_per_s"] > 0 for m in bench["measurements"])
 
 
@@ -156,6 +156,7 @@ def test_dvc_metrics_and_plots_commands_work(smoke_repo):
     repo, env, _, _ = smoke_repo
     shown = _run([str(BIN / "dvc"), "metrics", "show"], repo, env).stdout
     assert "metrics/train/faenet-is2re-sfa.json" in shown and "metrics/benchmark.json" in shown
+    assert "results/" not in shown  # the full results are outputs, not DVC metrics
     _run([str(BIN / "dvc"), "plots", "show", "-o", str(repo / "plots_html")], repo, env)
     assert (repo / "plots_html" / "index.html").stat().st_size > 1000
 

@@ -92,10 +92,10 @@ def _setup(root: Path) -> StagePaths:
         metrics = {"cell": cell, "trained": True, "model": model, "dataset": task, "symmetry": method,
                    "profile": "smoke", "seeds": SEEDS, "runs": runs, "mlflow_run_ids": [r["run_id"] for r in runs],
                    "splits": {"val_id": {"energy_mae": {"mean": 0.5, "std": 0.1, "per_seed": [0.4, 0.6]}}}}
-        paths.train_metrics.mkdir(parents=True, exist_ok=True)
-        (paths.train_metrics / f"{cell}.json").write_text(json.dumps(metrics))
+        paths.train_results.mkdir(parents=True, exist_ok=True)
+        (paths.train_results / f"{cell}.json").write_text(json.dumps(metrics))
     # A cell that was not trained is ignored.
-    (paths.train_metrics / "schnet-is2re-none.json").write_text(json.dumps(
+    (paths.train_results / "schnet-is2re-none.json").write_text(json.dumps(
         {"cell": "schnet-is2re-none", "trained": False, "reason": "not trained"}))
     return paths
 
@@ -119,13 +119,21 @@ def stage(tmp_path_factory):
 
 
 def _no_nan(x):
-    raise AssertionError(f"non-JSON constant {x} in metrics/symmetry.json")
+    raise AssertionError(f"non-JSON constant {x} in results/symmetry.json")
 
 
 def test_json_schema_and_run_ids(stage):
     _, paths, result, logger = stage
-    on_disk = json.loads(paths.metrics.read_text(), parse_constant=_no_nan)
+    on_disk = json.loads(paths.results.read_text(), parse_constant=_no_nan)
     assert on_disk == json.loads(json.dumps(result))
+    # The DVC metric: Rot-I / Refl-I of every evaluated row (F-Rot-E on S2EF), nothing else.
+    head = json.loads(paths.headline.read_text(), parse_constant=_no_nan)
+    assert paths.headline.parent.name == "metrics" and paths.results.parent.name == "results"
+    energy = {"rot_i_meV", "refl_i_meV"}
+    for task, names in (("is2re", energy), ("s2ef", energy | {"f_rot_e_meV_per_A"})):
+        assert set(head[task]) == set(result[task])
+        for cell, h in head[task].items():
+            assert set(h) == names and h["rot_i_meV"] == result[task][cell]["all"]["rot_i"]["mean"], cell
     assert result["schema"] == SCHEMA and result["profile"] == "smoke"
     assert result["config"]["n_transforms"] == 2 and result["config"]["seeds"] == SEEDS
     assert result["config"]["split_size"] == {"is2re": N_VAL, "s2ef": N_VAL}
@@ -210,8 +218,8 @@ def test_same_inputs_give_same_numbers_in_any_job_order(stage, tmp_path, monkeyp
     import pipeline.symmetry as stage_module
 
     monkeypatch.setattr(stage_module, "_expected_cost", lambda job, jobs: float(jobs.index(job)))  # reversed
-    again = run_stage(_params(), StagePaths(paths.data, paths.models, paths.train_metrics, tmp_path / "t",
-                                            tmp_path / "s.json"), None, progress=False)
+    again = run_stage(_params(), StagePaths(paths.data, paths.models, paths.train_results, tmp_path / "t",
+                                            tmp_path / "s.json", tmp_path / "h.json"), None, progress=False)
 
     def strip(r):
         r = copy.deepcopy(r)
@@ -224,7 +232,8 @@ def test_same_inputs_give_same_numbers_in_any_job_order(stage, tmp_path, monkeyp
 
 def test_excluded_cells_are_listed_not_evaluated(stage, tmp_path):
     _, paths, _, _ = stage
-    out = StagePaths(paths.data, paths.models, paths.train_metrics, tmp_path / "t", tmp_path / "s.json")
+    out = StagePaths(paths.data, paths.models, paths.train_results, tmp_path / "t", tmp_path / "s.json",
+                     tmp_path / "h.json")
     res = run_stage(_params(exclude=["*-is2re-none"], notrain=False), out, None, progress=False)
     assert set(res["is2re"]) == {"faenet-is2re-full"} and res["config"]["excluded_cells"] == ["faenet-is2re-none"]
     assert "not evaluated (`symmetry.exclude`" in (tmp_path / "t" / "table11.md").read_text()
@@ -234,7 +243,8 @@ def test_missing_and_unreadable_checkpoints_fail_clearly(stage, tmp_path):
     _, paths, _, _ = stage
     models = tmp_path / "models"
     shutil.copytree(paths.models, models)
-    bad = StagePaths(paths.data, models, paths.train_metrics, tmp_path / "t", tmp_path / "s.json")
+    bad = StagePaths(paths.data, models, paths.train_results, tmp_path / "t", tmp_path / "s.json",
+                     tmp_path / "h.json")
     (models / "faenet-is2re-full" / "seed1.pt").unlink()
     with pytest.raises(CheckpointError, match=r"faenet-is2re-full/seed1\.pt.*missing.*dvc repro "
                                               r"train@faenet-is2re-full"):
@@ -247,10 +257,11 @@ def test_missing_and_unreadable_checkpoints_fail_clearly(stage, tmp_path):
 
 def test_train_metrics_of_another_profile_fail_clearly(stage, tmp_path):
     _, paths, _, _ = stage
-    shutil.copytree(paths.train_metrics, tmp_path / "train")
+    shutil.copytree(paths.train_results, tmp_path / "train")
     meta = json.loads((tmp_path / "train" / "faenet-is2re-none.json").read_text())
     (tmp_path / "train" / "faenet-is2re-none.json").write_text(json.dumps({**meta, "profile": "default"}))
-    stale = StagePaths(paths.data, paths.models, tmp_path / "train", tmp_path / "t", tmp_path / "s.json")
+    stale = StagePaths(paths.data, paths.models, tmp_path / "train", tmp_path / "t", tmp_path / "s.json",
+                     tmp_path / "h.json")
     with pytest.raises(StageInputError, match=r"faenet-is2re-none\.json was written under profile 'default'.*"
                                               r"dvc repro train@faenet-is2re-none"):
         run_stage(_params(), stale, None, progress=False)

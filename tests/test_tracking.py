@@ -56,7 +56,7 @@ def test_resume_marks_the_killed_attempt_killed_and_logs_one_finished_run(store,
     client, exp_id, _ = store
     spec = RunSpec(model_name="faenet", hparams=HPARAMS, symmetry="none", task="is2re", seed=0,
                    settings=TrainSettings(epochs=2, batch_size=2, eval_batch_size=2, seed=0), data_hash="test",
-                   folder="resume", frame_dim=3, tags={"dvc_stage": "test"})
+                   folder="resume", tags={"dvc_stage": "test"}, frame_dim=2)
     sets = _sets()
     # The killed attempt: its checkpoint after epoch 1, and its MLflow run left RUNNING (SIGKILL ends nothing).
     _, wrapped = build_wrapped(spec)

@@ -1,6 +1,6 @@
 """The embedded OC20-like catalysis dataset: adsorbates on fcc metal slabs, labelled with ASE's EMT.
 
-A small, honest stand-in for OC20 (``datasets_facts.md`` §1, §6) that builds on 2 CPU cores in seconds to
+A small, honest stand-in for OC20 (Chanussot et al., ACS Catal. 11, 2021) that builds on 2 CPU cores in seconds to
 minutes. Energies are EMT energies (an effective-medium potential, not DFT), so absolute numbers are not
 comparable with the paper's; the task structure is the same:
 
@@ -52,10 +52,11 @@ from faenet.data.records import TAG_ADSORBATE, TAG_SUBSURFACE, TAG_SURFACE, vali
 from faenet.data.store import dumps, loads, write_lmdb
 from faenet.graph import radius_graph
 from faenet.procs import run_pool, starred
+from faenet.tasks import CATALYSIS, EVAL_SPLITS
 
 EMT_METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 FACETS = ("111", "100", "110")
-SPLITS = ("train", "val_id", "val_ood_ads", "val_ood_cat", "val_ood_both", "test")
+SPLITS = ("train", *EVAL_SPLITS["is2re"])  # IS2RE and S2EF share their splits
 ID_SPLITS = ("train", "val_id", "test")
 VACUUM = 10.0  # Å each side: the 6 Å graph never reaches a z image even with pbc on in z
 CACHE_VERSION = "emt-catalysis-v1"  # bump when the physics or record layout changes (invalidates caches)
@@ -514,7 +515,7 @@ def _write_outputs(out: Path, specs: list[SystemSpec], results: dict[int, dict[s
             per_split[s.split]["is2re"].append(r["is2re"])
             per_split[s.split]["s2ef"].extend(r["s2ef"])
     n_records: dict[str, dict[str, int]] = {"is2re": {}, "s2ef": {}}
-    for task in ("is2re", "s2ef"):
+    for task in CATALYSIS:
         for split in SPLITS:
             if counts.get(split, 0) == 0:
                 continue
@@ -558,7 +559,7 @@ def _write_outputs(out: Path, specs: list[SystemSpec], results: dict[int, dict[s
                         "steps": _stats([float(x) for x in steps])},
         "references_eV": {"gas": gas_references(), "lattice_constants_A": {
             m: emt_lattice_constant(m) for m in sorted({s.metal for s in specs})}},
-        "content_hashes": {task: content_hash(out / task) for task in ("is2re", "s2ef")},
+        "content_hashes": {task: content_hash(out / task) for task in CATALYSIS},
         "degenerate_frames": _degenerate_frames(per_split),
     }
 
@@ -571,7 +572,7 @@ def _degenerate_frames(per_split: dict[str, dict[str, list]]) -> dict[str, Any]:
 
     out: dict[str, Any] = {"tol": DEFAULT_DEGENERACY_TOL, "dim": 2,
                            "measure": "relative PCA eigengap in the xy plane (faenet.frames.eigengap) below tol"}
-    for task in ("is2re", "s2ef"):
+    for task in CATALYSIS:
         recs = [r for split in SPLITS for r in per_split[split][task]]
         out[task] = {"full": count_degenerate(recs, dim=2)[0],
                      "remove_tag0": count_degenerate((remove_tag0(r) for r in recs), dim=2)[0],
@@ -630,7 +631,7 @@ def data_card_markdown(summary: dict[str, Any]) -> str:
                   f"Graphs whose {deg['measure']} < {deg['tol']:g}: frame averaging is not exactly invariant "
                   "on them (the symmetry stage reports them separately).", "",
                   "| task | graphs | degenerate (all atoms) | degenerate (tag-0 removed) |", "|---|---|---|---|"]
-        lines += [f"| {t} | {deg[t]['n']} | {deg[t]['full']} | {deg[t]['remove_tag0']} |" for t in ("is2re", "s2ef")]
+        lines += [f"| {t} | {deg[t]['n']} | {deg[t]['full']} | {deg[t]['remove_tag0']} |" for t in CATALYSIS]
     lines += ["", "## Content hashes (sha256 over record values)", "", "| data | hash |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in summary["content_hashes"].items()]
     return "\n".join(lines) + "\n"

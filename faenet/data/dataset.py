@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torch_geometric.data import Data
 
-from faenet.data.oc20 import TASKS as OC20_TASKS
 from faenet.data.oc20 import convert_oc20_record
-from faenet.data.records import TAG_SUBSURFACE, validate_record
+from faenet.data.records import TAG_SUBSURFACE, check_record_atomic_numbers, validate_record
 from faenet.data.store import LmdbReader
+from faenet.tasks import CATALYSIS, FORCE_TASKS, TASKS
 
 
 def lmdb_files(path_or_paths: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
@@ -45,11 +45,6 @@ def lmdb_files(path_or_paths: str | os.PathLike | list[str | os.PathLike]) -> li
     return files
 
 
-TASKS = (*OC20_TASKS, "qm7x", "qm9")
-#: Tasks whose records must carry per-atom forces.
-FORCE_TASKS = ("s2ef", "qm7x")
-
-
 class GraphDataset(Dataset):
     """Records of one task (``TASKS``) from LMDB file(s), validated against the schema.
 
@@ -67,6 +62,8 @@ class GraphDataset(Dataset):
         self.readers = [LmdbReader(f) for f in self.files]
         self.cum = np.cumsum([len(r) for r in self.readers]).tolist()
         self.records: list[Data] | None = None
+        # (lo, hi, model name): Z range a model embeds, checked per record on lazy reads (``require_atomic_numbers``).
+        self.z_guard: tuple[int, int, str] | None = None
         if in_memory:
             self.records = [self._load(i) for i in range(len(self))]
             for r in self.readers:
@@ -75,14 +72,34 @@ class GraphDataset(Dataset):
     def __len__(self) -> int:
         return self.cum[-1] if self.cum else 0
 
-    def _load(self, idx: int) -> Data:
+    def _locate(self, idx: int) -> tuple[int, int]:
         db = bisect.bisect_right(self.cum, idx)
-        local = idx - (self.cum[db - 1] if db else 0)
+        return db, idx - (self.cum[db - 1] if db else 0)
+
+    def location(self, idx: int) -> str:
+        """``"<file>[<index in that file>]"`` of global record ``idx`` (what error messages name)."""
+        db, local = self._locate(int(idx) % max(len(self), 1))
+        return f"{self.files[db]}[{local}]"
+
+    def require_atomic_numbers(self, lo: int, hi: int, model: str) -> None:
+        """Refuse, on every later lazy read, a record with Z outside ``lo..hi`` (what ``model`` embeds)."""
+        self.z_guard = (int(lo), int(hi), model)
+
+    def _load(self, idx: int) -> Data:
+        db, local = self._locate(idx)
         where = f"{self.files[db]}[{local}]"
         rec = self.readers[db][local]
-        if self.task in OC20_TASKS:
-            rec = convert_oc20_record(rec, self.task)
+        if self.task in CATALYSIS:
+            try:
+                rec = convert_oc20_record(rec, self.task)
+            except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as err:
+                # A record missing pos/cell/... or with wrong shapes fails inside the conversion: say where.
+                raise ValueError(f"{where}: not a readable {self.task} record ({type(err).__name__}: {err}); "
+                                 "a record needs the fields of faenet.data.records; regenerate the dataset, or "
+                                 "drop this record") from err
         validate_record(rec, where)
+        if self.z_guard is not None:
+            check_record_atomic_numbers(rec, *self.z_guard, where=where)
         if self.task in FORCE_TASKS:
             f = getattr(rec, "force", None)
             if f is None or tuple(f.shape) != (int(rec.natoms), 3) or not torch.isfinite(f).all():
@@ -191,3 +208,78 @@ def remove_tag0(data: Data) -> Data:
             out[key] = value[keep]
     out.natoms = int(keep.sum())
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A split against a model, before training
+# ----------------------------------------------------------------------------------------------------------
+
+def supported_atomic_numbers(model: Any) -> tuple[int, int, str] | None:
+    """``(lo, hi, name)``: the Z range (inclusive) a model class or instance embeds, from its ``supported_z``
+    attribute, looking through wrappers that hold it as ``.model`` (``SymmetryWrapper``); None if it has none."""
+    m = model
+    for _ in range(4):
+        if m is None:
+            break
+        rng = getattr(m, "supported_z", None)
+        if rng is not None:
+            name = m.__name__ if isinstance(m, type) else type(m).__name__
+            return int(rng[0]), int(rng[1]), name
+        m = getattr(m, "model", None)
+    return None
+
+
+def _unwrap(dataset: Any) -> tuple[Any, list[int] | None]:
+    """The innermost dataset under ``torch.utils.data.Subset`` layers and the global indices selected."""
+    indices: list[int] | None = None
+    while isinstance(dataset, Subset):
+        sel = [int(i) for i in dataset.indices]
+        indices = sel if indices is None else [sel[i] for i in indices]
+        dataset = dataset.dataset
+    return dataset, indices
+
+
+def dataset_location(dataset: Any) -> str:
+    """The LMDB file(s) a dataset reads (or its type), for messages."""
+    inner, indices = _unwrap(dataset)
+    where = (", ".join(str(f) for f in inner.files) if isinstance(inner, GraphDataset)
+             else type(inner).__name__)
+    return where if indices is None else f"{len(indices)} selected records of {where}"
+
+
+def check_atomic_numbers(model: Any, dataset: Any, split: str) -> None:
+    """Raise ``ValueError`` naming the record (file and index), the Z, the model and its range if a record of
+    ``dataset`` carries an atomic number ``model`` (class or instance) does not embed.
+
+    An in-memory ``GraphDataset`` (or a ``Subset`` of one) is scanned now (a few µs per record); a lazy one
+    checks each record as it is read (``GraphDataset.require_atomic_numbers``), so no extra pass over a large
+    LMDB; any other dataset is scanned through ``dataset[i]``. Models without ``supported_z`` are not checked.
+    """
+    rng = supported_atomic_numbers(model)
+    if rng is None:
+        return
+    lo, hi, name = rng
+    inner, indices = _unwrap(dataset)
+    if isinstance(inner, GraphDataset):
+        if inner.records is None:
+            inner.require_atomic_numbers(lo, hi, name)
+            return
+        for i in (range(len(inner)) if indices is None else indices):
+            check_record_atomic_numbers(inner.records[i], lo, hi, name,
+                                        f"split {split!r}: {inner.location(i)}")
+        return
+    for i in range(len(dataset)):
+        check_record_atomic_numbers(dataset[i], lo, hi, name, f"split {split!r}: record {i}")
+
+
+def check_split(model: Any, dataset: Any, split: str) -> None:
+    """Refuse, before any training or evaluation, an empty split or one with Z the model does not embed.
+
+    Raises ``ValueError`` naming the split, its file(s) and the fix.
+    """
+    if len(dataset) == 0:
+        what = "the training set is empty" if split == "train" else "the evaluation set is empty"
+        raise ValueError(f"{what}: split {split!r} ({dataset_location(dataset)}) has no records; generate more "
+                         "systems or molecules (params.yaml profiles.<profile>.data: n_systems / n_molecules) "
+                         "or check the split fractions")
+    check_atomic_numbers(model, dataset, split)

@@ -6,21 +6,28 @@ not match is moved to ``<dest>.corrupt`` and never returned.
 
 ``safe_extract`` checks every member of a tar / tar.gz / zip before writing anything: absolute paths, ``..``
 escapes, links pointing outside the target, members reached through a link, and device/FIFO files are
-refused with an error naming the member. Tar extraction also uses Python's ``data`` filter where it exists.
+refused with an error naming the member. Link targets are not trusted as text: each member is replayed on
+an in-memory tree of the archive (``_Tree``) and every symlink and hard link is resolved through the links
+before it (and, at the end, through all of them), as the kernel would, so chains such as ``a -> .``,
+``b -> a/..`` are refused. The archive is then extracted into a private folder inside the target and moved
+into place only when all of it extracted; Python's ``data`` filter is applied too where it exists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
 import shutil
 import stat
 import tarfile
+import tempfile
 import urllib.parse
 import urllib.request
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -142,33 +149,125 @@ def _inside(name: str, archive: Path, what: str = "member") -> str:
     return norm
 
 
-def _check_through_links(norm: str, links: set[str], archive: Path, name: str) -> None:
-    parts = norm.split("/")
-    for k in range(1, len(parts)):
-        if "/".join(parts[:k]) in links:
-            raise UnsafeArchiveError(f"{archive}: member {name!r} is written through the link "
-                                     f"{'/'.join(parts[:k])!r}; refusing to extract")
+class _Tree:
+    """The folder tree an archive builds, replayed member by member without touching the disk.
+
+    ``kinds`` maps a normalised relative path ("" = the target) to "dir", "file" or "link"; ``targets`` holds
+    each symlink's target text. ``resolve`` follows the symlinks already in the tree the way the kernel
+    would, so a member's real destination is known before anything is written: a chain such as
+    ``a -> .``, ``b -> a/..`` (really the target's parent) is caught although every text is "inside".
+    """
+
+    MAX_HOPS = 40  # the kernel's symlink limit (ELOOP)
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, str] = {"": "dir"}
+        self.targets: dict[str, str] = {}
+
+    def resolve(self, path: str) -> tuple[str | None, list[str]]:
+        """(real path relative to the target, or None if it leaves the target; the links followed)."""
+        todo = [c for c in path.split("/") if c not in ("", ".")]
+        out: list[str] = []
+        via: list[str] = []
+        while todo:
+            c = todo.pop(0)
+            if c == "..":
+                if not out:
+                    return None, via
+                out.pop()
+                continue
+            out.append(c)
+            here = "/".join(out)
+            if self.kinds.get(here) == "link":
+                via.append(here)
+                if len(via) > self.MAX_HOPS:
+                    return None, via  # a loop: refuse rather than guess
+                target = self.targets[here]
+                if target.startswith("/") or posixpath.isabs(target):
+                    return None, via
+                out.pop()
+                todo = [t for t in target.split("/") if t not in ("", ".")] + todo
+        return "/".join(out), via
+
+    def blocker(self, norm: str) -> tuple[str, str] | None:
+        """(prefix, kind) of the first proper prefix of ``norm`` that is not a folder in the tree (a write
+        through a link, or under a file), or None."""
+        parts = norm.split("/")
+        for k in range(1, len(parts)):
+            prefix = "/".join(parts[:k])
+            kind = self.kinds.get(prefix, "dir")
+            if kind != "dir":
+                return prefix, kind
+        return None
+
+    def add(self, norm: str, kind: str, target: str = "") -> None:
+        parts = norm.split("/")
+        for k in range(1, len(parts)):  # tarfile creates missing parent folders
+            self.kinds.setdefault("/".join(parts[:k]), "dir")
+        self.kinds[norm] = kind
+        if kind == "link":
+            self.targets[norm] = target
+        else:
+            self.targets.pop(norm, None)
+
+
+def _escape(archive: Path, what: str, via: list[str]) -> UnsafeArchiveError:
+    chain = f" (through the link(s) {' -> '.join(repr(v) for v in via)})" if via else ""
+    return UnsafeArchiveError(f"{archive}: {what} resolves outside the target folder{chain}; refusing to "
+                              "extract (nothing was written)")
 
 
 def _check_tar(tf: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
     members = tf.getmembers()
-    links: set[str] = set()
+    tree = _Tree()
     for m in members:
         norm = _inside(m.name, archive)
-        _check_through_links(norm, links, archive, m.name)
         if m.ischr() or m.isblk() or m.isfifo() or not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
             raise UnsafeArchiveError(f"{archive}: member {m.name!r} is a device, FIFO or special file; "
                                      "refusing to extract")
+        blocked = tree.blocker(norm)
+        if blocked is not None:
+            prefix, kind = blocked
+            raise UnsafeArchiveError(f"{archive}: member {m.name!r} is written through the "
+                                     f"{'link' if kind == 'link' else 'file'} {prefix!r}; refusing to extract")
+        if norm == ".":
+            if not m.isdir():
+                raise UnsafeArchiveError(f"{archive}: member {m.name!r} would replace the target folder itself; "
+                                         "refusing to extract")
+            continue
+        if tree.kinds.get(norm) == "link" and not m.issym():
+            raise UnsafeArchiveError(f"{archive}: member {m.name!r} is written through the link {norm!r} "
+                                     "extracted before it; refusing to extract")
+        if tree.kinds.get(norm) == "dir" and not m.isdir():
+            raise UnsafeArchiveError(f"{archive}: member {m.name!r} would replace the folder of the same name "
+                                     "extracted before it; refusing to extract")
         if m.issym():
-            # A symlink's target is relative to the link's own folder.
+            # A symlink's target is relative to the link's own folder; text first, then through the tree.
             _inside(posixpath.join(posixpath.dirname(norm), m.linkname), archive,
                     f"symlink {m.name!r} -> {m.linkname!r}; its target")
-            links.add(norm)
+            real, via = tree.resolve(posixpath.join(posixpath.dirname(norm), m.linkname))
+            if real is None:
+                raise _escape(archive, f"symlink {m.name!r} -> {m.linkname!r}", via)
+            tree.add(norm, "link", m.linkname)
         elif m.islnk():  # a hard link's target is relative to the archive root
             _inside(m.linkname, archive, f"hard link {m.name!r} -> {m.linkname!r}; its target")
-            links.add(norm)
+            real, via = tree.resolve(m.linkname)
+            if real is None:
+                raise _escape(archive, f"hard link {m.name!r} -> {m.linkname!r}", via)
+            if tree.kinds.get(real) != "file":
+                raise UnsafeArchiveError(f"{archive}: hard link {m.name!r} -> {m.linkname!r} does not point at a "
+                                         "regular file extracted earlier from this archive; refusing to extract")
+            tree.add(norm, "file")  # a second name of a file inside the target
+        else:
+            tree.add(norm, "dir" if m.isdir() else "file")
         if m.mode & (stat.S_ISUID | stat.S_ISGID):
             m.mode &= ~(stat.S_ISUID | stat.S_ISGID)
+    # A link checked while a name it goes through did not exist yet can point elsewhere once the archive is
+    # complete (``a -> b/..`` written before ``b -> c``, ``c -> .``): check every link against the final tree.
+    for name, target in tree.targets.items():
+        real, via = tree.resolve(posixpath.join(posixpath.dirname(name), target))
+        if real is None:
+            raise _escape(archive, f"symlink {name!r} -> {target!r}, once the whole archive is extracted,", via)
     return members
 
 
@@ -183,11 +282,60 @@ def _check_zip(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:
     return infos
 
 
+@contextlib.contextmanager
+def _staging(root: Path) -> Iterator[Path]:
+    """A private folder inside ``root`` (same file system: moves are renames), removed afterwards whatever
+    happens, so a failure half-way through an extraction leaves ``root`` as it was."""
+    stage = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _merge(stage: Path, root: Path, archive: Path) -> None:
+    """Move the extracted tree from ``stage`` into ``root``, merging into existing real folders.
+
+    Planned first, moved second: an existing symlink (or file) of ``root`` where the archive has a folder is
+    refused before anything moves, so nothing is ever written through a link that was already there.
+    """
+    moves: list[tuple[str, Path]] = []
+
+    def plan(src_dir: str, dst_dir: Path) -> None:
+        with os.scandir(src_dir) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                dst = dst_dir / entry.name
+                try:
+                    st = os.lstat(dst)
+                except FileNotFoundError:
+                    moves.append((entry.path, dst))
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if stat.S_ISDIR(st.st_mode):  # lstat: a real folder, not a link to one
+                        plan(entry.path, dst)
+                        continue
+                    kind = "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+                    raise UnsafeArchiveError(f"{archive}: {dst} already exists as a {kind} where the archive has "
+                                             "a folder; refusing to extract through or over it (move it away, "
+                                             "or extract into an empty folder)")
+                if stat.S_ISDIR(st.st_mode):
+                    raise UnsafeArchiveError(f"{archive}: {dst} already exists as a folder where the archive has "
+                                             "a file or link; refusing to replace it (move it away, or extract "
+                                             "into an empty folder)")
+                moves.append((entry.path, dst))  # replaces a file or link, as tar extraction does
+
+    plan(str(stage), root)
+    for src, dst in moves:
+        os.replace(src, dst)
+
+
 def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> list[Path]:
     """Extract a tar, tar.gz/bz2/xz or zip ``archive`` into ``target``; returns the extracted paths.
 
     Every member is checked before anything is written (see the module docstring); one bad member refuses the
-    whole archive with :class:`UnsafeArchiveError` naming it.
+    whole archive with :class:`UnsafeArchiveError` naming it. The archive is then extracted into a private
+    folder inside ``target`` and moved into place only once all of it extracted, so ``target`` holds nothing
+    new after any failure.
     """
     archive, target = Path(archive), Path(target)
     if not archive.is_file():
@@ -197,23 +345,27 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> list[
     if tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
             members = _check_tar(tf, archive)
-            if hasattr(tarfile, "data_filter"):
-                tf.extractall(root, members=members, filter="data")
-            else:  # Python without PEP 706: our own checks above are the guard
-                tf.extractall(root, members=members)
             names = [m.name for m in members]
+            with _staging(root) as stage:
+                if hasattr(tarfile, "data_filter"):  # a second, independent guard (PEP 706)
+                    tf.extractall(stage, members=members, filter="data")
+                else:  # Python without PEP 706: our own checks above are the guard
+                    tf.extractall(stage, members=members)
+                _merge(stage, root, archive)
     elif zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             infos = _check_zip(zf, archive)
-            for info in infos:
-                out = root / _inside(info.filename, archive)
-                if info.is_dir():
-                    out.mkdir(parents=True, exist_ok=True)
-                    continue
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(out, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
             names = [i.filename for i in infos]
+            with _staging(root) as stage:
+                for info in infos:
+                    out = stage / _inside(info.filename, archive)
+                    if info.is_dir():
+                        out.mkdir(parents=True, exist_ok=True)
+                        continue
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                _merge(stage, root, archive)
     else:
         raise ValueError(f"{archive} is neither a tar (optionally gz/bz2/xz) nor a zip archive")
     out_paths = [root / posixpath.normpath(n.replace("\\", "/")) for n in names]

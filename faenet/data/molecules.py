@@ -185,7 +185,7 @@ def single_omp_thread() -> Iterator[None]:
     already loaded OpenMP (e.g. through torch), where ``OMP_NUM_THREADS`` can no longer take effect.
 
     Why: results are bitwise repeatable only at a fixed thread count, and on a busy 2-core machine
-    tblite's multi-threaded barriers made a 3-atom single point take ~2 s instead of ~0.5 ms (measured).
+    tblite's multi-threaded barriers make a small single point orders of magnitude slower.
     ``libgomp.so.1`` is the runtime tblite links; dlopen by soname returns the copy already loaded.
     """
     try:

@@ -2,8 +2,8 @@
 
 OC20 publishes **md5 only** for its archives (ocp ``docs/core/datasets/oc20.md``; fairchem's
 ``download_data.py`` checks no hash at all), so ``sha256`` is ``None`` in :data:`OC20_FILES`, with the
-reason in ``OC20File.sha256_note``; :func:`fetch_oc20` verifies the md5. Counts and layout:
-``datasets_facts.md`` §1.
+reason in ``OC20File.sha256_note``; :func:`fetch_oc20` verifies the md5. Counts and layout: Chanussot et al.,
+ACS Catal. 11 (2021) and the ocp ``docs/core/datasets/oc20.md``.
 
 :func:`convert_oc20_record` maps an OC20 LMDB record (float ``atomic_numbers``, ``y_relaxed``, float/int32
 ``fixed``, ...) to the project schema of ``faenet.data.records``; it leaves project records unchanged, so
@@ -28,12 +28,11 @@ from faenet.data.download import download, safe_extract
 from faenet.data.records import validate_record
 from faenet.data.store import LmdbReader, write_lmdb
 from faenet.graph import radius_graph
+from faenet.tasks import CATALYSIS, OC20_VAL_SPLITS
 
 BASE_URL = "https://dl.fbaipublicfiles.com/opencatalystproject/data/"
 _NO_SHA = "OC20 publishes md5 only (ocp docs/core/datasets/oc20.md); no sha256 is published"
 OC20_PBC = (True, True, True)  # OC20's AtomsToGraphs builds graphs with pbc on in all three directions
-VAL_SPLITS = ("val_id", "val_ood_ads", "val_ood_cat", "val_ood_both")
-TASKS = ("is2re", "s2ef")
 
 
 @dataclass(frozen=True)
@@ -115,8 +114,8 @@ def convert_oc20_record(data: Data, task: str, *, cutoff: float = 6.0, max_num_n
       ``--get-edges``) get a radius graph (``cutoff`` Å, ``max_num_neighbors``), as OC20's AtomsToGraphs.
     Records already in the project schema pass through unchanged in value.
     """
-    if task not in TASKS:
-        raise ValueError(f"task {task!r} is not one of {TASKS}")
+    if task not in CATALYSIS:
+        raise ValueError(f"task {task!r} is not one of {CATALYSIS}")
     keys = set(data.keys())
     pos = torch.as_tensor(data.pos, dtype=torch.float32)
     n = pos.shape[0]
@@ -241,7 +240,7 @@ def _converted(reader: LmdbReader, task: str, stats: dict[str, list[float]]) -> 
 
 
 def prepare_oc20(oc20_dir: str | os.PathLike, out_dir: str | os.PathLike, *, is2re_size: str = "all",
-                 s2ef_size: str = "2M", tasks: tuple[str, ...] = TASKS, download_missing: bool = True,
+                 s2ef_size: str = "2M", tasks: tuple[str, ...] = CATALYSIS, download_missing: bool = True,
                  progress: bool = True) -> dict[str, Any]:
     """Fetch (if missing) and convert OC20 to ``out_dir/{is2re,s2ef}/<split>.lmdb`` in the project schema.
 
@@ -259,7 +258,7 @@ def prepare_oc20(oc20_dir: str | os.PathLike, out_dir: str | os.PathLike, *, is2
     counts: dict[str, dict[str, int]] = {}
     energy: dict[str, dict[str, float]] = {}
     if "is2re" in tasks:
-        for split in ("train", *VAL_SPLITS):
+        for split in ("train", *OC20_VAL_SPLITS):
             src = _find_is2re(root, is2re_size, split)
             if src is None:
                 if not download_missing:
@@ -276,7 +275,7 @@ def prepare_oc20(oc20_dir: str | os.PathLike, out_dir: str | os.PathLike, *, is2
                                                                _converted(LmdbReader(src), "is2re", stats))
             energy.setdefault("is2re", {})[split] = _mean(stats.get("y", []))
     if "s2ef" in tasks:
-        for split, key in (("train", S2EF_TRAIN[s2ef_size]), *((s, f"s2ef_{s}") for s in VAL_SPLITS)):
+        for split, key in (("train", S2EF_TRAIN[s2ef_size]), *((s, f"s2ef_{s}") for s in OC20_VAL_SPLITS)):
             folder = root / key
             if not folder.is_dir():
                 if not download_missing:

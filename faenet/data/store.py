@@ -121,7 +121,7 @@ def _read_legacy_storage(b: bytes) -> _FlatStorage:
 def _load_storage_from_bytes(b: bytes) -> Any:
     """Safe stand-in for ``torch.storage._load_from_bytes`` (that one uses ``weights_only=False``).
 
-    The one-storage legacy layout every OC20/PyG record uses is parsed directly (about 50x faster than
+    The one-storage legacy layout every OC20/PyG record uses is parsed directly (much faster than
     ``torch.load``, whose weights-only unpickler is pure Python); anything else goes to
     ``torch.load(..., weights_only=True)``.
     """
