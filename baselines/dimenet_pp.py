@@ -39,8 +39,8 @@ from torch_geometric.nn.models.dimenet import (
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.utils import scatter
 
+from baselines.common import check_force_mode, edge_geometry, forces_from_energy, graph_index
 from baselines.registry import register
-from baselines.schnet import check_force_mode, edge_geometry, forces_from_energy, graph_index
 from faenet.graph import triplets
 
 # A size that runs on 2 CPU cores (``get_presets``); the paper's configurations are params.yaml's

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import GraphNorm, MessagePassing
 from torch_geometric.utils import scatter
 
+from baselines.common import check_force_mode, edge_geometry, forces_from_energy, graph_index
 from baselines.registry import register
-from baselines.schnet import check_force_mode, edge_geometry, forces_from_energy, graph_index
 
 # A size that runs on 2 CPU cores (``get_presets``); the paper's configurations are params.yaml's
 # ``profiles.paper.hparams.forcenet``.

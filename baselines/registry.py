@@ -25,7 +25,8 @@ from typing import Any
 _REGISTRY: dict[str, type | Callable[[], type]] = {}
 # Plugin files already imported by ``discover``: re-discovering a folder must not re-register.
 _DISCOVERED: set[Path] = set()
-_SKIP_MODULES = ("registry",)
+# Modules of this folder that define no model: not imported for registration (``common``: shared helpers).
+_SKIP_MODULES = ("registry", "common")
 
 
 def register(name: str) -> Callable[[type], type]:

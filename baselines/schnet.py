@@ -6,8 +6,8 @@ own ``radius_graph`` needs pyg-lib. Like OCP's ``SchNetWrap`` with ``use_pbc=Tru
 precomputed graph: distances are ``|faenet.graph.edge_vectors(...)|``, periodic images included.
 Energy = per-graph sum of atomic contributions (OCP); forces ``from_energy`` = ``-dE/dpos``.
 
-Also home of the helpers every baseline here uses: ``graph_index``, ``edge_geometry``,
-``forces_from_energy`` and ``check_force_mode``.
+The helpers every baseline uses live in ``baselines.common``; they are re-exported here so baseline files
+written as ``from baselines.schnet import check_force_mode, edge_geometry, graph_index`` keep working.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn.models import SchNet as PyGSchNet
 
+from baselines.common import check_force_mode, edge_geometry, forces_from_energy, graph_index
 from baselines.registry import register
-from faenet.graph import edge_vectors
+
+# Old home of the helpers: keep ``from baselines.schnet import ...`` working.
+__all__ = ["PRESETS", "SchNet", "check_force_mode", "edge_geometry", "forces_from_energy", "graph_index"]
 
 # A size that runs on 2 CPU cores (``get_presets``); the paper's configurations are params.yaml's
 # ``profiles.paper.hparams.schnet``.
@@ -27,43 +30,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"hidden_channels": 32, "num_filters": 32, "num_interactions": 2, "num_gaussians": 16,
               "cutoff": 6.0, "regress_forces": ""},
 }
-
-
-def check_force_mode(model_name: str, value: str, allowed: tuple[str, ...]) -> str:
-    """``value`` if it is one of ``allowed``, else a ``ValueError`` naming both."""
-    if value not in allowed:
-        raise ValueError(f"{model_name}: regress_forces={value!r} is not supported; allowed: {list(allowed)}")
-    return value
-
-
-def graph_index(data: Any) -> tuple[Tensor, int]:
-    """``(batch, num_graphs)`` of a PyG ``Batch``; a single record (no ``batch``) is one graph."""
-    batch = getattr(data, "batch", None)
-    if batch is None:
-        return torch.zeros(data.pos.shape[0], dtype=torch.long, device=data.pos.device), 1
-    num_graphs = getattr(data, "num_graphs", None)
-    return batch, int(num_graphs) if num_graphs is not None else int(batch.max()) + 1
-
-
-def edge_geometry(data: Any, cutoff: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``edge_index, cell_offsets, vec, dist`` of the precomputed graph, edges longer than ``cutoff`` dropped.
-
-    ``vec_ij = pos[j] + offsets @ cell - pos[i]`` (``faenet.graph.edge_vectors``), so periodic images count
-    and gradients flow to ``data.pos``. The dataset graph may be built at a larger cutoff than the model's.
-    """
-    edge_index, offsets = data.edge_index, data.cell_offsets
-    vec = edge_vectors(data.pos, edge_index, offsets, data.cell, graph_index(data)[0])
-    dist = vec.norm(dim=-1)
-    keep = dist <= cutoff
-    if not bool(keep.all()):
-        edge_index, offsets, vec, dist = edge_index[:, keep], offsets[keep], vec[keep], dist[keep]
-    return edge_index, offsets, vec, dist
-
-
-def forces_from_energy(energy: Tensor, pos: Tensor, training: bool) -> Tensor:
-    """``F = -dE/dpos`` (conservative forces); keeps the graph in training so force losses backpropagate."""
-    (grad,) = torch.autograd.grad(energy, pos, grad_outputs=torch.ones_like(energy), create_graph=training)
-    return -grad
 
 
 class _PrecomputedGraphOnly(nn.Module):

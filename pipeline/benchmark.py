@@ -16,8 +16,9 @@ Protocols:
 - ``same_graph_full`` / ``same_graph_rewired``: every model on identical batches (``batch_size`` x
   ``n_batches`` graphs), full graphs / rewired graphs;
 - ``paper``: each model with the graph preprocessing the authors used for it (FAENet rewired, baselines full:
-  ``baselines_facts.md`` §6) at the batch size of the authors' IS2RE eval configs (``paper_batch_sizes``,
-  capped at ``max_batch_size``); a measurement identical to a same-graph one is run once and shared.
+  the authors' fork sets ``graph_rewiring: remove-tag-0`` in its FAENet configs and no rewiring in its baseline
+  configs) at the batch size of the authors' IS2RE eval configs (``paper_batch_sizes``, capped at
+  ``max_batch_size``); a measurement identical to a same-graph one is run once and shared.
 
 ``max_graphs[model]`` times a model on only the first graphs of each protocol (models too slow on CPU).
 
@@ -106,7 +107,7 @@ RESULTS_PATH = ROOT / "results" / "benchmark.json"
 HEADLINE_PATH = ROOT / "metrics" / "benchmark.json"
 REPORT_PATH = ROOT / "reports" / "benchmark.md"
 EMBEDDED = ROOT / "data" / "is2re"
-OC20_IS2RE_TRAIN = 460_328  # systems in OC20 IS2RE "all" train (datasets_facts.md §1)
+OC20_IS2RE_TRAIN = 460_328  # systems in OC20 IS2RE "all" train (ocp docs/core/datasets/oc20.md)
 FAENET_METHODS = ("none", "sfa", "full")  # always measured for FAENet: the costs of Sec. 3.3
 PAPER_ROWS = {"faenet": "sfa"}  # the symmetry method of each model's row in the paper's tables (else none)
 TARGET_SFA_OVER_SCHNET = 0.4

@@ -144,7 +144,8 @@ def table_notes(task: str, result: Mapping[str, Any]) -> list[str]:
         "`torch.manual_seed(seed)`, no symmetry method, outputs de-normalised with the mean/std of the training "
         "targets (fitted on the training split as the train stage does). The paper prints No-Train's IS2RE MAE "
         "as 595, the No-FA value.",
-        "Differences from the official evaluation (official_faenet_facts §3), all deliberate: (1) Pos: the "
+        "Differences from the official evaluation (the authors' `eval_model_symmetries` in the faenet package's "
+        "`faenet/eval.py`, and `test_model_symmetries` in their ocp fork), all deliberate: (1) Pos: the "
         "official code summed the projected positions over all frames before differencing, which is 0 for "
         "Full FA whatever the frames; here frame sets are compared, and the binary value is measured per "
         "(graph, transform) pair; (2) reflections: the official 'reflection' could be diag(-1, -1, 1), a 180° "

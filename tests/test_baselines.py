@@ -311,3 +311,55 @@ def test_bad_values_raise_clear_errors(name, bad):
     key, value = next(iter(bad.items()))
     with pytest.raises(ValueError, match=repr(value) if isinstance(value, str) else key):
         build_model(name, **{**get_presets(name)["small"], **bad})
+
+
+OLD_IMPORT_BASELINE = '''
+import torch
+from torch import nn
+from torch_geometric.utils import scatter
+
+from baselines.registry import register
+from baselines.schnet import check_force_mode, edge_geometry, forces_from_energy, graph_index
+
+
+@register("old_import_net")
+class OldImportNet(nn.Module):
+    force_modes = ("", "from_energy")
+
+    def __init__(self, cutoff: float = 6.0, regress_forces: str = ""):
+        super().__init__()
+        self.regress_forces = check_force_mode("OldImportNet", regress_forces, self.force_modes)
+        self.cutoff = cutoff
+        self.scale = nn.Parameter(torch.ones((), dtype=torch.float64))
+
+    def forward(self, data):
+        with torch.set_grad_enabled(torch.is_grad_enabled() or bool(self.regress_forces)):
+            data.pos.requires_grad_(bool(self.regress_forces))
+            batch, num_graphs = graph_index(data)
+            edge_index, _, _, dist = edge_geometry(data, self.cutoff)
+            e_atom = scatter(self.scale / dist, edge_index[1], dim=0, dim_size=data.pos.shape[0])
+            out = {"energy": scatter(e_atom, batch, dim=0, dim_size=num_graphs)}
+            if self.regress_forces:
+                out["forces"] = forces_from_energy(out["energy"], data.pos, self.training)
+        return out
+'''
+
+
+def test_helpers_old_import_path_from_baselines_schnet_still_works(tmp_path):
+    # The helpers moved to baselines.common; a user's baseline file written against baselines.schnet must
+    # still import, register and run, and get the very same functions.
+    import baselines.common as common
+    import baselines.schnet as schnet
+    from baselines.registry import discover
+
+    for helper in ("check_force_mode", "edge_geometry", "forces_from_energy", "graph_index"):
+        assert getattr(schnet, helper) is getattr(common, helper)
+    (tmp_path / "old_import_net.py").write_text(OLD_IMPORT_BASELINE)
+    assert discover([tmp_path]) == ["old_import_net"]
+    model = build_model("old_import_net", cutoff=3.0, regress_forces="from_energy")
+    batch = Batch.from_data_list([record(mol()), record(slab())])
+    out = model(batch)
+    assert out["energy"].shape == (2,) and out["forces"].shape == batch.pos.shape
+    assert torch.isfinite(out["forces"]).all()
+    with pytest.raises(ValueError, match="OldImportNet: regress_forces='direct'"):  # check_force_mode's error
+        type(model)(regress_forces="direct")

@@ -84,7 +84,7 @@ def test_rotsym_and_four_body_coordinates():
         assert ang == pytest.approx(deg, abs=1e-4)
     with pytest.raises(ValueError, match="r must"):
         rotsym_pair(3, r=4)
-    # Rotated B points as listed in dojo_expressivity_facts.md.
+    # Rotated B points of the dojo's experiments/incompleteness.ipynb (B_i @ e3nn.o3.matrix_y(2π/10)).
     b = four_body_nonchiral_pair().graphs[0].pos.double()[4:7]
     expected = torch.tensor([[4.778, -2, -1.473], [-2.939, -2, 4.045], [-0.076, -2, -4.999]], dtype=F64)
     assert torch.allclose(b, expected, atol=1e-3)

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
+from baselines.common import check_force_mode, edge_geometry, graph_index
 from baselines.registry import register
-from baselines.schnet import check_force_mode, edge_geometry, graph_index
 
 
 @register("tinynet")

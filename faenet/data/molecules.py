@@ -14,13 +14,15 @@ atoms are both heteroatoms are not joined (no peroxides, N-O, S-Cl, ...). QM7-X-
 Geometry: RDKit ETKDGv3 (``randomSeed`` = per-molecule seed, ``numThreads = 1``) + MMFF94 optimisation
 ("equilibrium" = MMFF minimum, not an xTB or DFT minimum). QM7-X-like non-equilibrium structures: Gaussian
 Cartesian displacements of an equilibrium structure with a per-structure std drawn in ``displacement``
-(default 0.02-0.06 Å; QM7-X used normal-mode displacements, see ``datasets_facts.md`` §5; Cartesian noise
-of 0.1 Å already gives GFN2 force std 3-6 eV/Å against QM7-X's 1.62). Positions are rounded to float32
-*before* labelling, so a record's labels belong exactly to its stored positions.
+(default 0.02-0.06 Å; QM7-X displaced its equilibrium geometries along linear combinations of normal modes,
+Hoja et al., Sci. Data 8, 2021; Cartesian noise of 0.1 Å already gives GFN2 force std 3-6 eV/Å against
+QM7-X's 1.62). Positions are rounded to float32 *before* labelling, so a record's labels belong exactly to
+its stored positions.
 
-Labels (``datasets_facts.md`` §4): total energy (eV), forces (eV/Å), HOMO/LUMO/gap (eV, closed shell:
-HOMO = orbital ``n_el/2 - 1``), dipole norm (Debye), isotropic polarizability (a0^3, finite field +-1e-3 au
-on the dipole: GFN2's minimal basis underestimates it, e.g. ethanol ~15 vs ~32 a0^3 in QM9).
+Labels (tblite GFN2-xTB single points, converted from Hartree and Bohr): total energy (eV), forces (eV/Å),
+HOMO/LUMO/gap (eV, closed shell: HOMO = orbital ``n_el/2 - 1``), dipole norm (Debye), isotropic
+polarizability (a0^3, finite field +-1e-3 au on the dipole: GFN2's minimal basis underestimates it, e.g.
+ethanol ~15 vs ~32 a0^3 in QM9).
 
 Reproducibility: tblite results are bitwise repeatable only at a fixed OpenMP thread count, so labelling runs
 in spawned worker processes with ``OMP_NUM_THREADS=1`` (set before tblite loads; ``workers=1`` uses one such
@@ -56,7 +58,7 @@ from faenet.procs import run_pool
 if TYPE_CHECKING:
     from torch_geometric.data import Data
 
-# ase.units values (CODATA 2014), as in datasets_facts.md §4.
+# ase.units values (CODATA 2014): ``ase.units.Bohr``, ``ase.units.Hartree``; e·Bohr to Debye.
 BOHR = 0.5291772105638411  # Å
 HARTREE = 27.211386024367243  # eV
 DEBYE_PER_E_BOHR = 2.5417464506
@@ -497,10 +499,10 @@ def generate_qm7x_like(out_dir: str | os.PathLike, *, n_molecules: int, conforme
     Per molecule: ``n_equilibrium`` MMFF minima, then displaced structures up to ``conformers_per_molecule``.
     Records: ``y`` GFN2 total energy (eV), ``force`` (N, 3) eV/Å, ``sid`` = molecule index in
     :func:`molecule_pool`, ``fid`` = structure index (equilibrium first), ``displacement`` = noise std (Å).
-    Splits as the authors' fork (``datasets_facts.md`` §3) with fractions instead of fixed counts: of the
-    seeded molecule order, the first ``unknown_fraction`` molecules are ``test`` ("unknown molecules"), the
-    next ``val_ood_fraction`` ``val_ood``; the structures of all other molecules are split at random into
-    ``val_id`` (``val_id_fraction``, "known molecules") and ``train``. Graph: radius ``cutoff`` Å,
+    Splits as the authors' fork splits QM7-X (``faenet.data.qm7x.split_qm7x``), with fractions instead of fixed
+    counts: of the seeded molecule order, the first ``unknown_fraction`` molecules are ``test`` ("unknown
+    molecules"), the next ``val_ood_fraction`` ``val_ood``; the structures of all other molecules are split at
+    random into ``val_id`` (``val_id_fraction``, "known molecules") and ``train``. Graph: radius ``cutoff`` Å,
     ``max_neighbors`` (the fork's QM7-X: 5 Å, 40).
     """
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """The real QM7-X (paper Sec. 5, Table 2): download, xz decompression, HDF5 reading, records, splits.
 
-Facts: ``datasets_facts.md`` §3 (Hoja et al., Sci. Data 8, 2021; Zenodo record 4288677). Each ``<N>000.xz``
+Sources: Hoja et al., Sci. Data 8, 2021; Zenodo record 4288677 (README, ``createDB.py``). Each ``<N>000.xz``
 is one xz stream of one HDF5 file; md5s are published (:data:`QM7X_FILES`), no sha256. HDF5 layout:
 ``f[idmol][idconf][key]`` with ``idconf = Geom-m<idmol>-i<s>-c<t>-{opt | d1..d100}``; this loader reads
 ``atNUM`` (N), ``atXYZ`` (N, 3) Å, ``ePBE0+MBD`` (1) eV (total energy, the authors' target) and ``totFOR``

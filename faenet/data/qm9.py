@@ -1,6 +1,7 @@
 """The real QM9 (paper Sec. 5, Table 8): download, parsing exactly as PyG's ``QM9.process``, records, split.
 
-Sources (``datasets_facts.md`` §2): PyG's raw files -- ``qm9.zip`` (``gdb9.sdf``, ``gdb9.sdf.csv``) from the
+Sources (PyG ``torch_geometric/datasets/qm9.py``; the authors' fork ``RolnickLab/ocp``,
+``ocpmodels/datasets/qm9.py``): PyG's raw files -- ``qm9.zip`` (``gdb9.sdf``, ``gdb9.sdf.csv``) from the
 MoleculeNet bucket and figshare file 3195404 saved as ``uncharacterized.txt``. No checksum of either file is
 published (PyG and the authors' fork check none), so :data:`QM9_FILES` has ``sha256 = md5 = None`` and
 :func:`download_qm9` warns that the files are unverified; pass ``sha256=...`` once you have pinned them.

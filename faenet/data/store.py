@@ -1,6 +1,6 @@
 """LMDB storage in the OC20 layout, with a restricted unpickler and deterministic pickling.
 
-Layout (as OC20's writers; ``datasets_facts.md`` §1.4-1.5): one LMDB *file* (``subdir=False``), keys
+Layout (as OC20's writers, ocp ``scripts/preprocess_ef.py``): one LMDB *file* (``subdir=False``), keys
 ``b"0" .. b"N-1"`` (decimal ASCII, no padding) holding ``pickle.dumps(Data, protocol=-1)``, plus
 ``b"length"`` = ``pickle.dumps(N)``. Released IS2RE files have no ``length`` key; the reader then uses the
 entry count.
