@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from pipeline import claims
-from pipeline.claims import NOT_MEASURABLE, NOT_REPRODUCED, REPRODUCED, evaluate_claims
+from pipeline.reporting import claims
+from pipeline.reporting.claims import NOT_MEASURABLE, NOT_REPRODUCED, REPRODUCED, evaluate_claims
 from pipeline.tables import load_paper
 
 

@@ -5,9 +5,9 @@ import faenet.data.dataset as dataset
 import faenet.data.oc20 as oc20
 import faenet.tasks as tasks
 import pipeline.ablation as ablation
-import pipeline.claims as claims
 import pipeline.config as config
-import pipeline.report as report
+import pipeline.reporting.claims as claims
+import pipeline.reporting.tables as report_tables
 
 
 def test_task_facts():
@@ -27,5 +27,5 @@ def test_consumers_import_the_task_facts():
     assert config.EVAL_SPLITS is tasks.EVAL_SPLITS and config.MOLECULES is tasks.MOLECULES
     assert dataset.TASKS is tasks.TASKS and dataset.FORCE_TASKS is tasks.FORCE_TASKS
     assert oc20.CATALYSIS is tasks.CATALYSIS and oc20.OC20_VAL_SPLITS is tasks.OC20_VAL_SPLITS
-    assert report.OC20_SPLITS is claims.OC20_SPLITS is ablation.VAL_SPLITS is tasks.OC20_VAL_SPLITS
+    assert report_tables.OC20_SPLITS is claims.OC20_SPLITS is ablation.VAL_SPLITS is tasks.OC20_VAL_SPLITS
     assert catalysis.SPLITS == ("train", *tasks.EVAL_SPLITS["is2re"])

@@ -351,50 +351,60 @@ def c_s2ef_vs_forcenet(ctx, c):
     return c.ours >= c.paper / 2
 
 
-def _method_pair(ctx, c, table: str, task: str, better: str, worse: str) -> bool:
-    c.paper = {better: _t(table, f"faenet-{better}", "mae"), worse: _t(table, f"faenet-{worse}", "mae")}
-    b, w = mae(ctx, f"faenet-{task}-{better}"), mae(ctx, f"faenet-{task}-{worse}")
-    c.ours = {better: _pm(b), worse: _pm(w)}
-    return b[0] <= w[0]
-
-
 _AVG = "train stage, {}, energy MAE, average of the 4 val splits"
+METHOD_LABEL = {"sfa": "SFA", "full": "Full FA", "da": "DA", "none": "No-FA"}
+TASK_LABEL = {"is2re": "IS2RE", "s2ef": "S2EF"}
+TASK_TABLE = {"is2re": "table11", "s2ef": "table12"}  # the App. D table that prints each task's method MAEs
 
 
-@claim("is2re-sfa-mae-vs-full", "SFA yields MAE no worse than Full FA (IS2RE)", "Sec. 5.1; Table 11 (569 vs 578 meV)",
-       "SFA's mean MAE <= Full FA's", _AVG.format("IS2RE"))
-def c_sfa_vs_full_is2re(ctx, c):
-    return _method_pair(ctx, c, "table11", "is2re", "sfa", "full")
+@dataclass(frozen=True)
+class MethodPair:
+    """A claim "FAENet with method ``better`` has MAE no worse than with ``worse``" on one task.
+
+    ``text`` is formatted with the task label and the method labels; the paper's two MAEs (meV) are read from
+    the task's Table 11/12 row ``faenet-<method>`` of ``pipeline/paper.yaml`` into the ``where`` field."""
+
+    id: str
+    text: str
+    section: str
+    task: str
+    better: str
+    worse: str
+
+    @property
+    def table(self) -> str:
+        return TASK_TABLE[self.task]
+
+    def meta(self) -> dict[str, str]:
+        b, w = (_t(self.table, f"faenet-{m}", "mae") for m in (self.better, self.worse))
+        labels = {"task": TASK_LABEL[self.task], "better": METHOD_LABEL[self.better],
+                  "worse": METHOD_LABEL[self.worse]}
+        return {"id": self.id, "text": self.text.format(**labels),
+                "where": f"{self.section}; Table {self.table.removeprefix('table')} ({b:g} vs {w:g} meV)",
+                "criterion": "{better}'s mean MAE <= {worse}'s".format(**labels),
+                "protocol": _AVG.format(labels["task"])}
+
+    def check(self, ctx: dict[str, Any], c: Claim) -> bool:
+        c.paper = {m: _t(self.table, f"faenet-{m}", "mae") for m in (self.better, self.worse)}
+        b, w = (mae(ctx, f"faenet-{self.task}-{m}") for m in (self.better, self.worse))
+        c.ours = {self.better: _pm(b), self.worse: _pm(w)}
+        return b[0] <= w[0]
 
 
-@claim("s2ef-sfa-mae-vs-full", "SFA yields MAE no worse than Full FA (S2EF)", "Sec. 5.1; Table 12 (464 vs 489 meV)",
-       "SFA's mean MAE <= Full FA's", _AVG.format("S2EF"))
-def c_sfa_vs_full_s2ef(ctx, c):
-    return _method_pair(ctx, c, "table12", "s2ef", "sfa", "full")
-
-
-@claim("is2re-sfa-mae-vs-da", "SFA outperforms DA in MAE (IS2RE)", "Sec. 5.1; Table 11 (569 vs 582 meV)",
-       "SFA's mean MAE <= DA's", _AVG.format("IS2RE"))
-def c_sfa_vs_da_is2re(ctx, c):
-    return _method_pair(ctx, c, "table11", "is2re", "sfa", "da")
-
-
-@claim("s2ef-sfa-mae-vs-da", "SFA outperforms DA in MAE (S2EF)", "Sec. 5.1; Table 12 (464 vs 504 meV)",
-       "SFA's mean MAE <= DA's", _AVG.format("S2EF"))
-def c_sfa_vs_da_s2ef(ctx, c):
-    return _method_pair(ctx, c, "table12", "s2ef", "sfa", "da")
-
-
-@claim("is2re-sfa-mae-vs-nofa", "No-FA decreases performance compared to SFA (IS2RE)",
-       "App. D.2; Table 11 (569 vs 595 meV)", "SFA's mean MAE <= No-FA's", _AVG.format("IS2RE"))
-def c_sfa_vs_none_is2re(ctx, c):
-    return _method_pair(ctx, c, "table11", "is2re", "sfa", "none")
-
-
-@claim("s2ef-sfa-mae-vs-nofa", "No-FA decreases performance compared to SFA (S2EF)",
-       "App. D.2; Table 12 (464 vs 522 meV)", "SFA's mean MAE <= No-FA's", _AVG.format("S2EF"))
-def c_sfa_vs_none_s2ef(ctx, c):
-    return _method_pair(ctx, c, "table12", "s2ef", "sfa", "none")
+#: The paper's SFA-vs-other-method MAE claims (Sec. 5.1, App. D.2), in report order.
+METHOD_PAIRS = (
+    MethodPair("is2re-sfa-mae-vs-full", "SFA yields MAE no worse than Full FA ({task})", "Sec. 5.1", "is2re",
+               "sfa", "full"),
+    MethodPair("s2ef-sfa-mae-vs-full", "SFA yields MAE no worse than Full FA ({task})", "Sec. 5.1", "s2ef",
+               "sfa", "full"),
+    MethodPair("is2re-sfa-mae-vs-da", "SFA outperforms DA in MAE ({task})", "Sec. 5.1", "is2re", "sfa", "da"),
+    MethodPair("s2ef-sfa-mae-vs-da", "SFA outperforms DA in MAE ({task})", "Sec. 5.1", "s2ef", "sfa", "da"),
+    MethodPair("is2re-sfa-mae-vs-nofa", "No-FA decreases performance compared to SFA ({task})", "App. D.2",
+               "is2re", "sfa", "none"),
+    MethodPair("s2ef-sfa-mae-vs-nofa", "No-FA decreases performance compared to SFA ({task})", "App. D.2",
+               "s2ef", "sfa", "none"),
+)
+_CLAIMS.extend((pair.meta(), pair.check) for pair in METHOD_PAIRS)
 
 
 @claim("is2re-forcenet-sfa-mae", "For ForceNet too, SFA beats DA and no symmetry method in MAE (IS2RE)",
@@ -686,7 +696,7 @@ def c_ablation_basic_fastest(ctx, c):
 # ----------------------------------------------------------------------------------------------------------
 
 def evaluate_claims(ctx: dict[str, Any], qm9: dict[str, Any] | None = None) -> list[Claim]:
-    """Every registered claim on the metrics ``ctx`` (``pipeline.report.load_metrics``) and the report's QM9
+    """Every registered claim on the metrics ``ctx`` (``pipeline.reporting.schemas.load_results``) and the report's QM9
     results (Eq. (11) on ours and on the paper's numbers)."""
     ctx = {**ctx, "qm9": qm9}
     out = []

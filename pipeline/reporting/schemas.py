@@ -1,0 +1,164 @@
+"""Schemas of the results files the report stage reads, validated when they are loaded.
+
+Each model names only the keys the report (tables, figures, claims) reads; the files hold more
+(``extra="allow"``). A file that lacks a key or holds a wrong type fails on load with the file, the key path
+and the stage that writes it, instead of a ``KeyError`` deep inside a table.
+
+``load_results`` validates every file, then hands the report the parsed JSON: the table and claim code reads
+the validated structure, so the keys it reads are guaranteed to be there.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Stat(_Open):
+    """``{"mean", "std", "per_seed"}`` over seeds (``pipeline.tables.mean_std``); None where not measured."""
+
+    mean: float | None = None
+    std: float | None = None
+    per_seed: list[float | None] = []
+
+
+class TrainCell(_Open):
+    """``results/train/<cell>.json`` of a trained cell (stage train)."""
+
+    cell: str
+    trained: bool
+    model: str
+    dataset: str
+    symmetry: str
+    seeds: list[int]
+    #: split -> metric (``energy_mae``, ``force_mae``, ``energy_ewt``, ``<property>_mae``) -> stats over seeds
+    splits: dict[str, dict[str, Stat]] = {}
+    epoch_seconds_mean: float | None = None
+    rewiring: str | None = None
+    mlflow_run_ids: list[str] = []
+    targets: list[str] = []
+
+
+class _Inference(_Open):
+    samples_per_s: float
+
+
+class _Measurement(_Open):
+    id: str
+    inference: _Inference | None = None
+
+
+#: hparam set -> pair -> quantity -> (per protocol ratios, or a plain value such as ``n_frames``)
+_Ratios = dict[str, dict[str, dict[str, Any]]]
+
+
+class Benchmark(_Open):
+    """``results/benchmark.json`` (stage benchmark): measurements and the ratios the speed claims read."""
+
+    hparam_sets: list[str]
+    measurements: list[_Measurement]
+    #: protocol (``same_graph_full``, ...) -> hparam set -> ``model/symmetry`` -> measurement id
+    protocols: dict[str, dict[str, Any]]
+    ratios: _Ratios = {}
+    s2ef: _Ratios = {}
+    symmetry_costs: _Ratios = {}
+
+
+class _SymmetryRow(_Open):
+    """One row of Table 11/12: metric stats per graph subset."""
+
+    all: dict[str, Stat | float | None]
+    non_degenerate: dict[str, Stat | float | None] = {}
+
+
+class Symmetry(_Open):
+    """``results/symmetry.json`` (stage symmetry): task -> row (cell name or ``faenet-<task>-notrain``)."""
+
+    is2re: dict[str, _SymmetryRow] = {}
+    s2ef: dict[str, _SymmetryRow] = {}
+
+
+class _AblationVariant(_Open):
+    mae_mev: dict[str, Stat]
+    throughput: _Inference
+
+
+class Ablation(_Open):
+    """``results/ablation.json`` (stage ablation): Table 6 variants by name."""
+
+    variants: dict[str, _AblationVariant]
+
+
+class _ExpressivityEntry(_Open):
+    paper: Stat | None = None
+    strict: Stat | None = None
+
+
+class Expressivity(_Open):
+    """``results/expressivity.json`` (stage expressivity): table -> model -> experiment key -> protocols."""
+
+    table3: dict[str, dict[str, _ExpressivityEntry]] = {}
+    table4: dict[str, dict[str, _ExpressivityEntry]] = {}
+    table5: dict[str, dict[str, _ExpressivityEntry]] = {}
+
+
+class Fetch(_Open):
+    """``results/fetch.json`` (stage fetch): the dataset hashes provenance records."""
+
+    content_hashes: dict[str, Any] = {}
+
+
+#: Optional stage outputs: file name -> (schema, stage that writes it).
+STAGE_FILES: dict[str, tuple[type[BaseModel], str]] = {
+    "fetch": (Fetch, "fetch"), "benchmark": (Benchmark, "benchmark"), "symmetry": (Symmetry, "symmetry"),
+    "expressivity": (Expressivity, "expressivity"), "ablation": (Ablation, "ablation"),
+}
+
+
+class ResultsSchemaError(ValueError):
+    """A results file does not hold what the report reads."""
+
+
+def validate(path: Path, data: Any, schema: type[BaseModel], stage: str) -> None:
+    """Raise ``ResultsSchemaError`` naming ``path``, the first bad key path and the stage to rerun."""
+    try:
+        schema.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "<top level>"
+        raise ResultsSchemaError(
+            f"{path}: key {key!r}: {first['msg']} ({err.error_count()} problem(s) in all). The report reads it "
+            f"as {schema.__name__}; rerun the stage that writes it (`dvc repro {stage}`)") from None
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ResultsSchemaError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_results(results_dir: Path) -> dict[str, Any]:
+    """Every results file the report reads, validated; trained cells only under ``train`` (by cell name).
+    Absent stage outputs are None (their claims: not measurable)."""
+    train = {}
+    for p in sorted((results_dir / "train").glob("*.json")):
+        m = _read(p)
+        if isinstance(m, dict) and m.get("trained"):  # untrained cells (profile skips) hold no metrics
+            validate(p, m, TrainCell, "train")
+            train[m["cell"]] = m
+    out: dict[str, Any] = {"train": train}
+    for name, (schema, stage) in STAGE_FILES.items():
+        p = results_dir / f"{name}.json"
+        out[name] = None
+        if p.exists():
+            out[name] = _read(p)
+            validate(p, out[name], schema, stage)
+    return out
