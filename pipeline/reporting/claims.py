@@ -726,8 +726,9 @@ def write_claims(claims: list[Claim], reports: Path, profile: str = "") -> str:
                                                      "claims": [asdict(c) for c in claims]},
                                                     indent=2, default=str) + "\n")
     lines = ["# Claims audit", "", f"**{line}** — profile `{profile}`.", "",
-             "Every verdict is computed by `pipeline/claims.py` from the metrics files; every paper value comes from "
-             "`pipeline/paper.yaml` (its table and row, or the sentence that states it). Rules:", "", RULES, "",
+             "Every verdict is computed by `pipeline/reporting/claims.py` from the metrics files; every paper value "
+             "comes from `pipeline/paper.yaml` (its table and row, or the sentence that states it). Rules:", "",
+             RULES, "",
              "| # | claim | where | paper | ours | criterion | protocol | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for i, c in enumerate(claims, 1):
