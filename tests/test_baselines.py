@@ -345,12 +345,16 @@ class OldImportNet(nn.Module):
 '''
 
 
-def test_helpers_old_import_path_from_baselines_schnet_still_works(tmp_path):
+def test_helpers_old_import_path_from_baselines_schnet_still_works(tmp_path, monkeypatch):
     # The helpers moved to baselines.common; a user's baseline file written against baselines.schnet must
     # still import, register and run, and get the very same functions.
     import baselines.common as common
+    import baselines.registry as registry
     import baselines.schnet as schnet
     from baselines.registry import discover
+
+    # Register into a copy: later tests iterate every registered model (e.g. for its supported_z).
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
     for helper in ("check_force_mode", "edge_geometry", "forces_from_energy", "graph_index"):
         assert getattr(schnet, helper) is getattr(common, helper)
