@@ -99,11 +99,14 @@ class CatalysisData(Strict):
     source: Literal["emt", "oc20"] = "emt"
     seed: NonNegInt = 0
     n_systems: PositiveInt = 200
-    # Fractions of the in-distribution systems (the OOD splits are defined by held-out metals/adsorbates).
+    # Fractions of the in-distribution systems (the OOD splits are defined by held-out alloys/adsorbates).
     val_id_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.15
     test_fraction: Fraction = 0.1
-    metals: list[Literal[ELEMENTS_EMT]] = Field(default_factory=lambda: list(ELEMENTS_EMT), min_length=2)
-    ood_metals: list[Literal[ELEMENTS_EMT]] = Field(default_factory=lambda: ["Ag"])
+    # Pure metals (all in training), training alloys, and held-out alloys (OOD-cat: compositions absent from
+    # training made of its metals, as OC20's): "A3B" or "AB" of two metals, e.g. Cu3Au, CuPd.
+    metals: list[Literal[ELEMENTS_EMT]] = Field(default_factory=lambda: list(ELEMENTS_EMT), min_length=1)
+    alloys: list[str] = Field(default_factory=lambda: ["Cu3Au", "CuPd", "Ni3Al", "PtNi"])
+    ood_alloys: list[str] = Field(default_factory=lambda: ["Cu3Pd", "AuCu"])
     facets: list[Literal[FACETS]] = Field(default_factory=lambda: list(FACETS), min_length=1)
     adsorbates: list[str] = Field(default_factory=lambda: ["H", "O", "N", "C", "OH", "CO", "NO", "CH", "NH",
                                                             "CH2"], min_length=2)
@@ -123,16 +126,25 @@ class CatalysisData(Strict):
 
     @model_validator(mode="after")
     def _held_out_are_subsets(self) -> CatalysisData:
-        extra_m = set(self.ood_metals) - set(self.metals)
-        if extra_m:
-            raise ValueError(f"ood_metals {sorted(extra_m)} must also be listed in metals {self.metals}")
-        if set(self.ood_metals) == set(self.metals):
-            raise ValueError("ood_metals holds every metal: leave at least one in-distribution metal")
+        from faenet.data.catalysis import ADSORBATES, check_element_coverage, parse_catalyst
+
+        for name in (*self.alloys, *self.ood_alloys):
+            if parse_catalyst(name)[1] is None:
+                raise ValueError(f"alloy {name!r} is a pure metal: list it under metals (pure metals are all in "
+                                 "training)")
+        both = sorted(set(self.alloys) & set(self.ood_alloys))
+        if both:
+            raise ValueError(f"alloys {both} are in both alloys (training) and ood_alloys: keep each in one list")
+        unknown = sorted(set(self.adsorbates) - set(ADSORBATES))
+        if unknown:
+            raise ValueError(f"adsorbates {unknown} unknown; known: {sorted(ADSORBATES)}")
         extra_a = set(self.ood_adsorbates) - set(self.adsorbates)
         if extra_a:
             raise ValueError(f"ood_adsorbates {sorted(extra_a)} must also be listed in adsorbates {self.adsorbates}")
         if set(self.ood_adsorbates) == set(self.adsorbates):
             raise ValueError("ood_adsorbates holds every adsorbate: leave at least one in-distribution one")
+        check_element_coverage([*self.metals, *self.alloys, *self.ood_alloys], self.ood_alloys, self.adsorbates,
+                               self.ood_adsorbates)
         return self
 
 

@@ -38,8 +38,9 @@ def fetch_catalysis(d: CatalysisData) -> dict[str, Any]:
 
         summary = generate_catalysis(
             DATA, n_systems=d.n_systems, metals=d.metals, facets=d.facets, adsorbates=d.adsorbates,
-            ood_metals=d.ood_metals, ood_adsorbates=d.ood_adsorbates, val_id_fraction=d.val_id_fraction,
-            test_fraction=d.test_fraction, slab_size=d.slab_size, seed=d.seed, workers=d.workers,
+            alloys=d.alloys, ood_alloys=d.ood_alloys, ood_adsorbates=d.ood_adsorbates,
+            val_id_fraction=d.val_id_fraction, test_fraction=d.test_fraction, slab_size=d.slab_size, seed=d.seed,
+            workers=d.workers,
             cutoff=d.cutoff, max_num_neighbors=d.max_num_neighbors, s2ef_frame_stride=d.s2ef_frame_stride,
             fmax=d.fmax, max_steps=d.max_steps, work_dir=WORK / "catalysis", progress=True,
             summary_path=None)

@@ -80,7 +80,8 @@ PARENT = textwrap.dedent('''
             m._run_and_cache = slow
             m.gas_references = m.emt_lattice_constant = lambda *a: None  # seconds of EMT, not under test
             m.generate_catalysis(tmp, n_systems={"train": n}, metals=["Cu"], facets=["111"], adsorbates=["H"],
-                                 ood_metals=[], ood_adsorbates=[], workers=n, progress=False, summary_path=None)
+                                 alloys=[], ood_alloys=[], ood_adsorbates=[], workers=n, progress=False,
+                                 summary_path=None)
         elif kind == "molecules":  # run_pool (spawn, always a pool)
             import faenet.data.molecules as m
             m._run_task = slow

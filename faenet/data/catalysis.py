@@ -4,7 +4,10 @@ A small, honest stand-in for OC20 (Chanussot et al., ACS Catal. 11, 2021) that b
 minutes. Energies are EMT energies (an effective-medium potential, not DFT), so absolute numbers are not
 comparable with the paper's; the task structure is the same:
 
-- Systems: fcc(111)/(100)/(110) slabs of Al, Cu, Ag, Au, Ni, Pd, Pt (lattice constant relaxed with EMT),
+- Catalysts: fcc(111)/(100)/(110) slabs of a *composition* (:func:`parse_catalyst`): a pure metal of Al, Cu, Ag,
+  Au, Ni, Pd, Pt, or an ordered substitutional binary alloy ``A3B`` (one B per 2x2 cell of every layer, shifted
+  layer to layer, as the (111) planes of L1_2 Cu3Au) or ``AB`` (a checkerboard per layer, alternating layer to
+  layer); lattice constant = Vegard's law over the EMT-relaxed fcc constants;
   ``slab_size = (nx, ny, layers)``, 10 Å of vacuum on each side of the slab, ``pbc = [True, True, False]``.
   The bottom ``ceil(layers / 2)`` layers are fixed and tagged 0 (sub-surface), the others are free and
   tagged 1 (surface), the adsorbate is tagged 2 (OC20 tags). One adsorbate of :data:`ADSORBATES` is placed
@@ -16,9 +19,14 @@ comparable with the paper's; the task structure is the same:
   EMT-relaxed molecules. Record positions are the initial structure.
 - S2EF: frames ``0, s, 2s, ...`` and the last frame of each relaxation, ``y = E_frame - E_slab - sum mu``
   (OC20's ``--ref-energy``), ``force`` = unconstrained forces (fixed atoms included).
-- Splits as OC20's: ``train``, ``val_id``, ``test`` (in-distribution metals and adsorbates),
-  ``val_ood_ads`` (held-out adsorbates), ``val_ood_cat`` (held-out metals), ``val_ood_both``. All S2EF
-  frames of a system go to that system's split.
+- Splits as OC20's: ``train``, ``val_id``, ``test`` (in-distribution catalysts: every pure metal and the
+  ``alloys``; in-distribution adsorbates), ``val_ood_ads`` (adsorbates absent from training, made of elements it
+  has), ``val_ood_cat`` (``ood_alloys``: compositions absent from training, made of metals it has),
+  ``val_ood_both``. So every element of every split occurs in training, as in OC20. All S2EF frames of a
+  system go to that system's split.
+- Labels belong to the stored structures: cell and initial positions are rounded to float32 before the
+  relaxation starts, every stored S2EF frame is relabelled (EMT single point) at its float32-rounded positions,
+  and the IS2RE target is the energy of the float32-rounded relaxed structure (= the last S2EF frame's).
 - Filters as OC20's: systems with ``|E_ads| > 10 eV`` or any ``|F| > 50 eV/Å`` are dropped, and so are
   systems whose adsorbate desorbed, dissociated or sank below the surface layer; drops are counted.
   EMT (parametrised "not for serious use" for H, C, N, O) breaks X-H bonds easily: measured drop rates on
@@ -36,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import statistics
 import time
 from collections import Counter
@@ -59,7 +68,7 @@ FACETS = ("111", "100", "110")
 SPLITS = ("train", *EVAL_SPLITS["is2re"])  # IS2RE and S2EF share their splits
 ID_SPLITS = ("train", "val_id", "test")
 VACUUM = 10.0  # Å each side: the 6 Å graph never reaches a z image even with pbc on in z
-CACHE_VERSION = "emt-catalysis-v1"  # bump when the physics or record layout changes (invalidates caches)
+CACHE_VERSION = "emt-catalysis-v2"  # bump when the physics or record layout changes (invalidates caches)
 MAX_ABS_E_ADS, MAX_ABS_FORCE = 10.0, 50.0  # OC20's filters, eV and eV/Å
 
 # Adsorbates: atoms with positions (Å) relative to the binding atom (listed first, at the origin), z away from
@@ -92,7 +101,7 @@ class SystemSpec:
 
     index: int
     split: str
-    metal: str
+    catalyst: str  # a composition of :func:`parse_catalyst`: "Cu", "Cu3Au", "CuPd"
     facet: str
     adsorbate: str
 
@@ -106,6 +115,41 @@ class PhysicsParams:
     cutoff: float
     max_num_neighbors: int
     s2ef_frame_stride: int
+
+
+_CATALYST = re.compile(r"^([A-Z][a-z]?)(3?)([A-Z][a-z]?)?(3?)$")
+
+
+def parse_catalyst(name: str) -> tuple[str, str | None, str]:
+    """``(majority metal, minority metal or None, kind)`` of a composition: ``"Cu"`` -> ("Cu", None, "A"),
+    ``"Cu3Au"`` / ``"AuCu3"`` -> ("Cu", "Au", "A3B"), ``"CuAu"`` -> ("Cu", "Au", "AB")."""
+    m = _CATALYST.match(name)
+    if m is None or (m[3] is None and (m[2] or m[4])) or (m[2] and m[4]):
+        raise ValueError(f"catalyst {name!r} is not a composition of the form A, A3B or AB (e.g. Cu, Cu3Au, CuPd)")
+    a, b = m[1], m[3]
+    bad = [x for x in (a, b) if x is not None and x not in EMT_METALS]
+    if bad or a == b:
+        raise ValueError(f"catalyst {name!r}: metals must be two different ones of {list(EMT_METALS)}")
+    if b is None:
+        return a, None, "A"
+    if m[4]:  # "AuCu3": the majority metal is written last
+        return b, a, "A3B"
+    return a, b, "A3B" if m[2] else "AB"
+
+
+def catalyst_elements(name: str) -> set[str]:
+    a, b, _ = parse_catalyst(name)
+    return {a} if b is None else {a, b}
+
+
+def _minority_sites(n: int, nx: int, ny: int, kind: str) -> np.ndarray:
+    """Mask of the slab atoms (ASE's order: layer by layer from the bottom, rows of ``nx``) that hold the
+    minority metal of an ``A3B`` or ``AB`` ordering."""
+    k = np.arange(n)
+    layer, i, j = k // (nx * ny), k % nx, (k % (nx * ny)) // nx
+    if kind == "A3B":  # one site of every 2x2 in-plane cell, moved layer to layer so B never stacks on B
+        return (i % 2 == layer % 2) & (j % 2 == (layer // 2) % 2)
+    return (i + j + layer) % 2 == 0  # "AB": checkerboard, alternating layer to layer
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -162,12 +206,32 @@ def gas_references(fmax: float = 0.01) -> dict[str, float]:
     return {**e, "H": e["H2"] / 2, "O": mu_o, "N": e["N2"] / 2, "C": e["CO"] - mu_o}
 
 
-def _build_slab(metal: str, facet: str, size: tuple[int, int, int]) -> Any:
+def catalyst_lattice_constant(catalyst: str) -> float:
+    """Vegard's law over the EMT fcc lattice constants of the catalyst's metals (Å)."""
+    a, b, kind = parse_catalyst(catalyst)
+    if b is None:
+        return emt_lattice_constant(a)
+    x_b = 0.25 if kind == "A3B" else 0.5
+    return round((1 - x_b) * emt_lattice_constant(a) + x_b * emt_lattice_constant(b), 4)
+
+
+def _round32(x: np.ndarray) -> np.ndarray:
+    """The float64 values of ``x`` stored as float32: labels are computed at exactly these."""
+    return np.asarray(x, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
+def _build_slab(catalyst: str, facet: str, size: tuple[int, int, int]) -> Any:
     from ase.build import fcc100, fcc110, fcc111
     from ase.constraints import FixAtoms
 
+    major, minor, kind = parse_catalyst(catalyst)
     builder = {"111": fcc111, "100": fcc100, "110": fcc110}[facet]
-    slab = builder(metal, size=tuple(size), a=emt_lattice_constant(metal), vacuum=VACUUM)
+    slab = builder(major, size=tuple(size), a=catalyst_lattice_constant(catalyst), vacuum=VACUUM)
+    if minor is not None:
+        symbols = np.array(slab.get_chemical_symbols(), dtype=object)
+        symbols[_minority_sites(len(slab), size[0], size[1], kind)] = minor
+        slab.set_chemical_symbols(list(symbols))
+    slab.set_cell(_round32(slab.get_cell().array), scale_atoms=False)  # the stored cell is float32
     layer = slab.get_tags()  # ASE: 1 = top layer ... nlayers = bottom
     n_fixed = math.ceil(size[2] / 2)
     free = layer <= size[2] - n_fixed
@@ -193,10 +257,10 @@ def _relax(atoms: Any, fmax: float, max_steps: int, keep_frames: bool) -> tuple[
 
 
 @cache
-def clean_slab_energy(metal: str, facet: str, size: tuple[int, int, int], fmax: float,
+def clean_slab_energy(catalyst: str, facet: str, size: tuple[int, int, int], fmax: float,
                       max_steps: int) -> float:
-    """EMT energy (eV) of the relaxed clean slab, cached per (metal, facet, size, fmax, max_steps)."""
-    slab = _build_slab(metal, facet, size)
+    """EMT energy (eV) of the relaxed clean slab, cached per (catalyst, facet, size, fmax, max_steps)."""
+    slab = _build_slab(catalyst, facet, size)
     _relax(slab, fmax, max_steps, keep_frames=False)
     return float(slab.get_potential_energy())
 
@@ -274,18 +338,32 @@ def _record(pos: np.ndarray, z: np.ndarray, tags: np.ndarray, fixed: np.ndarray,
     return Data(**fields)
 
 
+def _emt_single_point(atoms: Any, positions: np.ndarray) -> tuple[float, np.ndarray]:
+    """EMT energy and unconstrained forces of ``atoms`` (its cell and numbers) at ``positions``."""
+    from ase.calculators.emt import EMT
+
+    frame = atoms.copy()
+    frame.set_constraint()
+    frame.positions = positions
+    frame.calc = EMT()
+    return float(frame.get_potential_energy()), frame.get_forces(apply_constraint=False).copy()
+
+
 def build_system(spec: SystemSpec, p: PhysicsParams) -> dict[str, Any]:
     """Build, relax and label one system: ``{"meta": ..., "is2re": Data | None, "s2ef": [Data, ...]}``.
 
-    ``is2re`` is None and ``s2ef`` empty when the system is dropped (``meta["drop"]`` says why).
+    ``is2re`` is None and ``s2ef`` empty when the system is dropped (``meta["drop"]`` says why). Every label is
+    EMT's at the stored float32 values: the relaxation starts from the rounded initial structure and each kept
+    frame is relabelled at its rounded positions (the optimiser's own frames are float64).
     """
     t0 = time.perf_counter()
     rng = np.random.default_rng([p.seed, spec.index])
     size = tuple(p.slab_size)
-    slab = _build_slab(spec.metal, spec.facet, size)
+    slab = _build_slab(spec.catalyst, spec.facet, size)
     slab.info["size"] = size
     n_slab = len(slab)
     atoms, site = _place_adsorbate(slab, spec.adsorbate, rng)
+    atoms.positions = _round32(atoms.positions)
     z = atoms.get_atomic_numbers()
     tags = atoms.get_tags()
     fixed = np.zeros(len(atoms), dtype=np.int64)
@@ -293,10 +371,14 @@ def build_system(spec: SystemSpec, p: PhysicsParams) -> dict[str, Any]:
     cell = atoms.get_cell().array.copy()
     converged, frames, steps = _relax(atoms, p.fmax, p.max_steps, keep_frames=True)
     mu = gas_references()
-    e_ref = clean_slab_energy(spec.metal, spec.facet, size, p.fmax, p.max_steps) \
+    e_ref = clean_slab_energy(spec.catalyst, spec.facet, size, p.fmax, p.max_steps) \
         + sum(mu[s] for s, _ in ADSORBATES[spec.adsorbate])
-    e_ads = frames[-1][1] - e_ref
     max_f = max(float(np.abs(f).max()) for _, _, f in frames)
+    keep = sorted(set(range(0, len(frames), p.s2ef_frame_stride)) | {len(frames) - 1})
+    # Relabel the kept frames at their stored (float32) positions; frame 0 is already rounded.
+    labelled = {k: (frames[k][0], frames[k][1], frames[k][2]) if k == 0 else
+                (_round32(frames[k][0]), *_emt_single_point(atoms, _round32(frames[k][0]))) for k in keep}
+    e_ads = labelled[keep[-1]][1] - e_ref  # the rounded relaxed structure's energy: = the last S2EF frame's
     drop = None
     if not (math.isfinite(e_ads) and abs(e_ads) <= MAX_ABS_E_ADS):
         drop = "energy_out_of_range"
@@ -310,9 +392,8 @@ def build_system(spec: SystemSpec, p: PhysicsParams) -> dict[str, Any]:
         meta["seconds"] = time.perf_counter() - t0
         return {"meta": meta, "is2re": None, "s2ef": []}
     is2re = _record(frames[0][0], z, tags, fixed, cell, e_ads, p, spec.index)
-    keep = sorted(set(range(0, len(frames), p.s2ef_frame_stride)) | {len(frames) - 1})
-    s2ef = [_record(frames[k][0], z, tags, fixed, cell, frames[k][1] - e_ref, p, spec.index,
-                    force=frames[k][2], fid=k) for k in keep]
+    s2ef = [_record(labelled[k][0], z, tags, fixed, cell, labelled[k][1] - e_ref, p, spec.index,
+                    force=labelled[k][2], fid=k) for k in keep]
     for rec in (is2re, *s2ef):
         validate_record(rec, f"system {spec.index}")
     meta["seconds"] = time.perf_counter() - t0
@@ -325,7 +406,7 @@ def build_system(spec: SystemSpec, p: PhysicsParams) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------
 
 def split_counts(n_systems: int, *, val_id_fraction: float = 0.15, test_fraction: float = 0.1,
-                 has_ood_metals: bool = True, has_ood_adsorbates: bool = True) -> dict[str, int]:
+                 has_ood_catalysts: bool = True, has_ood_adsorbates: bool = True) -> dict[str, int]:
     """Systems per split from a total: each OOD split is as large as ``val_id`` (OC20's four val splits are
     equal), ``val_id`` and ``test`` are fractions of the in-distribution systems, the rest is ``train``.
 
@@ -336,8 +417,8 @@ def split_counts(n_systems: int, *, val_id_fraction: float = 0.15, test_fraction
     if not 0 < val_id_fraction < 1 or not 0 <= test_fraction < 1 or val_id_fraction + test_fraction >= 1:
         raise ValueError(f"val_id_fraction {val_id_fraction} and test_fraction {test_fraction} must be in "
                          "(0, 1) and [0, 1) with a sum below 1")
-    ood = [s for s, on in (("val_ood_ads", has_ood_adsorbates), ("val_ood_cat", has_ood_metals),
-                           ("val_ood_both", has_ood_metals and has_ood_adsorbates)) if on]
+    ood = [s for s, on in (("val_ood_ads", has_ood_adsorbates), ("val_ood_cat", has_ood_catalysts),
+                           ("val_ood_both", has_ood_catalysts and has_ood_adsorbates)) if on]
     v = max(1, round(val_id_fraction * n_systems / (1 + len(ood) * val_id_fraction)))
     n_id = n_systems - len(ood) * v
     n_test = max(1, round(test_fraction * n_id)) if test_fraction > 0 else 0
@@ -348,26 +429,48 @@ def split_counts(n_systems: int, *, val_id_fraction: float = 0.15, test_fraction
     return {s: counts.get(s, 0) for s in SPLITS}
 
 
-def plan_systems(counts: dict[str, int], metals: list[str], facets: list[str], adsorbates: list[str],
-                 ood_metals: list[str], ood_adsorbates: list[str], seed: int) -> list[SystemSpec]:
-    """Compositions of every system, split by split (:data:`SPLITS` order), drawn from ``(seed, index)``."""
-    id_m = [m for m in metals if m not in ood_metals]
+def plan_systems(counts: dict[str, int], catalysts: list[str], facets: list[str], adsorbates: list[str],
+                 ood_catalysts: list[str], ood_adsorbates: list[str], seed: int) -> list[SystemSpec]:
+    """Compositions of every system, split by split (:data:`SPLITS` order), drawn from ``(seed, index)``.
+
+    In-distribution splits draw from ``catalysts`` x (``adsorbates`` minus ``ood_adsorbates``); OOD-cat from
+    ``ood_catalysts``, OOD-ads from ``ood_adsorbates``, OOD-both from both."""
+    id_c = [c for c in catalysts if c not in ood_catalysts]
     id_a = [a for a in adsorbates if a not in ood_adsorbates]
-    pools = {"train": (id_m, id_a), "val_id": (id_m, id_a), "test": (id_m, id_a),
-             "val_ood_ads": (id_m, list(ood_adsorbates)), "val_ood_cat": (list(ood_metals), id_a),
-             "val_ood_both": (list(ood_metals), list(ood_adsorbates))}
+    pools = {"train": (id_c, id_a), "val_id": (id_c, id_a), "test": (id_c, id_a),
+             "val_ood_ads": (id_c, list(ood_adsorbates)), "val_ood_cat": (list(ood_catalysts), id_a),
+             "val_ood_both": (list(ood_catalysts), list(ood_adsorbates))}
     specs, index = [], 0
     for split in SPLITS:
-        ms, ads = pools[split]
-        if counts.get(split, 0) and (not ms or not ads):
-            raise ValueError(f"split {split} asks for {counts[split]} systems but has no metals ({ms}) or "
-                             f"no adsorbates ({ads}) to draw from; set ood_metals/ood_adsorbates or count 0")
-        for _ in range(counts.get(split, 0)):
+        cs, ads = pools[split]
+        if counts.get(split, 0) and (not cs or not ads):
+            raise ValueError(f"split {split} asks for {counts[split]} systems but has no catalysts ({cs}) or "
+                             f"no adsorbates ({ads}) to draw from; set ood_alloys/ood_adsorbates or count 0")
+        for k in range(counts.get(split, 0)):
             rng = np.random.default_rng([seed, index, 7])  # composition stream, separate from geometry
-            specs.append(SystemSpec(index, split, ms[int(rng.integers(len(ms)))],
-                                    facets[int(rng.integers(len(facets)))], ads[int(rng.integers(len(ads)))]))
+            c, f, a = int(rng.integers(len(cs))), int(rng.integers(len(facets))), int(rng.integers(len(ads)))
+            if split == "train" and k < max(len(cs), len(ads)):
+                c, a = k % len(cs), k % len(ads)  # training sees every catalyst and adsorbate, whatever the draw
+            specs.append(SystemSpec(index, split, cs[c], facets[f], ads[a]))
             index += 1
     return specs
+
+
+def check_element_coverage(catalysts: list[str], ood_catalysts: list[str], adsorbates: list[str],
+                           ood_adsorbates: list[str]) -> None:
+    """OC20's OOD splits hold compositions absent from training, never elements absent from it: refuse a
+    configuration whose held-out catalysts or adsorbates bring an element that no training system has."""
+    train_el = set().union(*(catalyst_elements(c) for c in catalysts if c not in ood_catalysts))
+    train_el |= {s for a in adsorbates if a not in ood_adsorbates for s, _ in ADSORBATES[a]}
+    for kind, names, elements_of in (
+            ("ood_alloys", ood_catalysts, catalyst_elements),
+            ("ood_adsorbates", ood_adsorbates, lambda a: {s for s, _ in ADSORBATES[a]})):
+        for name in names:
+            missing = elements_of(name) - train_el
+            if missing:
+                raise ValueError(f"{kind} entry {name!r} brings {sorted(missing)}, which no training system has: "
+                                 "OC20's OOD splits are new compositions of seen elements; add a training "
+                                 f"catalyst or adsorbate with {sorted(missing)} or hold out another one")
 
 
 def _cache_path(work_dir: Path, spec: SystemSpec, p: PhysicsParams) -> Path:
@@ -412,9 +515,10 @@ def generate_catalysis(
     out_dir: str | os.PathLike, *,
     n_systems: int | dict[str, int] = 200,
     metals: list[str] = EMT_METALS,
+    alloys: list[str] = ("Cu3Au", "CuPd", "Ni3Al", "PtNi"),
+    ood_alloys: list[str] = ("Cu3Pd", "AuCu"),
     facets: list[str] = FACETS,
     adsorbates: list[str] = ("H", "O", "N", "C", "OH", "CO", "NO", "CH", "NH", "CH2"),
-    ood_metals: list[str] = ("Ag",),
     ood_adsorbates: list[str] = ("NO",),
     val_id_fraction: float = 0.15,
     test_fraction: float = 0.1,
@@ -440,14 +544,23 @@ def generate_catalysis(
     """
     t0 = time.perf_counter()
     metals, facets, adsorbates = list(metals), [str(f) for f in facets], list(adsorbates)
-    ood_metals, ood_adsorbates = list(ood_metals), list(ood_adsorbates)
+    alloys, ood_alloys, ood_adsorbates = list(alloys), list(ood_alloys), list(ood_adsorbates)
     _check_choice("metals", metals, EMT_METALS)
     _check_choice("facets", facets, FACETS)
     _check_choice("adsorbates", adsorbates, tuple(ADSORBATES))
-    _check_choice("ood_metals", ood_metals, metals)
     _check_choice("ood_adsorbates", ood_adsorbates, adsorbates)
+    for name in (*alloys, *ood_alloys):
+        if parse_catalyst(name)[1] is None:
+            raise ValueError(f"alloy {name!r} is a pure metal: list pure metals under metals (all in training)")
+    overlap = sorted(set(alloys) & set(ood_alloys))
+    if overlap:
+        raise ValueError(f"alloys {overlap} are listed both in alloys (training) and ood_alloys: pick one")
+    catalysts = [*metals, *alloys, *ood_alloys]
+    check_element_coverage(catalysts, ood_alloys, adsorbates, ood_adsorbates)
     if len(slab_size) != 3 or min(slab_size[:2]) < 1 or slab_size[2] < 3:
         raise ValueError(f"slab_size {slab_size} must be (nx >= 1, ny >= 1, layers >= 3)")
+    if (alloys or ood_alloys) and (slab_size[0] % 2 or slab_size[1] % 2):
+        raise ValueError(f"slab_size {slab_size}: the A3B / AB orderings repeat every 2 cells; use even nx, ny")
     for name, v in (("workers", workers), ("s2ef_frame_stride", s2ef_frame_stride), ("max_steps", max_steps),
                     ("max_num_neighbors", max_num_neighbors)):
         if int(v) < 1:
@@ -457,10 +570,10 @@ def generate_catalysis(
         counts = {s: int(n_systems.get(s, 0)) for s in SPLITS}
     else:
         counts = split_counts(int(n_systems), val_id_fraction=val_id_fraction, test_fraction=test_fraction,
-                              has_ood_metals=bool(ood_metals), has_ood_adsorbates=bool(ood_adsorbates))
+                              has_ood_catalysts=bool(ood_alloys), has_ood_adsorbates=bool(ood_adsorbates))
     p = PhysicsParams(int(seed), tuple(int(s) for s in slab_size), float(fmax), int(max_steps), float(cutoff),
                       int(max_num_neighbors), int(s2ef_frame_stride))
-    specs = plan_systems(counts, metals, facets, adsorbates, ood_metals, ood_adsorbates, p.seed)
+    specs = plan_systems(counts, catalysts, facets, adsorbates, ood_alloys, ood_adsorbates, p.seed)
     out = Path(out_dir)
     work = Path(work_dir) if work_dir is not None else out / ".work"
     work.mkdir(parents=True, exist_ok=True)
@@ -473,8 +586,8 @@ def generate_catalysis(
     n_cached = len(results)
     t_compute = time.perf_counter()
     gas_references()  # computed once here; forked workers inherit these caches
-    for m in metals:
-        emt_lattice_constant(m)
+    for c in catalysts:
+        catalyst_lattice_constant(c)
     if todo:
         # One process per core (EMT and the small graphs gain nothing from threads); forked: the workers
         # inherit the caches computed above.
@@ -489,8 +602,14 @@ def generate_catalysis(
             results[s.index] = r
     compute_seconds = time.perf_counter() - t_compute
     summary = _write_outputs(out, specs, results, counts, p)
-    summary["config"] = {"n_systems": n_systems, "metals": metals, "facets": facets, "adsorbates": adsorbates,
-                         "ood_metals": ood_metals, "ood_adsorbates": ood_adsorbates,
+    train_el = set(summary["elements_per_split"].get("train", []))
+    absent = {sp: sorted(set(els) - train_el) for sp, els in summary["elements_per_split"].items()
+              if set(els) - train_el}
+    if absent:  # dropped training systems took an element with them; the per-system cache keeps the work
+        raise ValueError(f"elements {absent} occur in evaluation splits but in no kept training system: raise "
+                         "n_systems (or the train share), or use adsorbates that EMT does not dissociate")
+    summary["config"] = {"n_systems": n_systems, "metals": metals, "alloys": alloys, "ood_alloys": ood_alloys,
+                         "facets": facets, "adsorbates": adsorbates, "ood_adsorbates": ood_adsorbates,
                          "val_id_fraction": val_id_fraction, "test_fraction": test_fraction, **asdict(p)}
     # summary.json holds only what the data determine (same inputs -> same bytes); timings are returned.
     if summary_path is not None:
@@ -545,7 +664,8 @@ def _write_outputs(out: Path, specs: list[SystemSpec], results: dict[int, dict[s
         "drop_rate_by_adsorbate": {
             a: round(sum(m["drop"] is not None for m in metas if m["adsorbate"] == a) / n, 4)
             for a, n in sorted(Counter(m["adsorbate"] for m in metas).items())},
-        "metal_histogram": dict(sorted(Counter(m["metal"] for m in kept).items())),
+        "catalyst_histogram": dict(sorted(Counter(m["catalyst"] for m in kept).items())),
+        "elements_per_split": _elements_per_split(per_split),
         "site_histogram": dict(sorted(Counter(m["site"] for m in kept).items())),
         "is2re_energy_eV": {split: _stats([float(r.y) for r in per_split[split]["is2re"]])
                             for split in SPLITS if counts.get(split, 0)},
@@ -558,10 +678,19 @@ def _write_outputs(out: Path, specs: list[SystemSpec], results: dict[int, dict[s
         "convergence": {"converged_fraction": sum(m["converged"] for m in metas) / max(1, len(metas)),
                         "steps": _stats([float(x) for x in steps])},
         "references_eV": {"gas": gas_references(), "lattice_constants_A": {
-            m: emt_lattice_constant(m) for m in sorted({s.metal for s in specs})}},
+            c: catalyst_lattice_constant(c) for c in sorted({s.catalyst for s in specs})}},
         "content_hashes": {task: content_hash(out / task) for task in CATALYSIS},
         "degenerate_frames": _degenerate_frames(per_split),
     }
+
+
+def _elements_per_split(per_split: dict[str, dict[str, list]]) -> dict[str, list[str]]:
+    """Chemical symbols present in each split's IS2RE records (the data card lists them; a test checks that
+    every one of an evaluation split occurs in train)."""
+    from ase.data import chemical_symbols
+
+    return {split: sorted({chemical_symbols[int(z)] for r in d["is2re"] for z in r.atomic_numbers.tolist()})
+            for split, d in per_split.items() if d["is2re"]}
 
 
 def _degenerate_frames(per_split: dict[str, dict[str, list]]) -> dict[str, Any]:
@@ -588,8 +717,15 @@ def data_card_markdown(summary: dict[str, Any]) -> str:
         "Adsorbates on fcc metal slabs, relaxed with BFGS under ASE's EMT potential (not DFT: energies are "
         "EMT energies, comparable within this set only). Adsorption energies are referenced as OC20's: "
         "E(slab+ads) - E(clean slab) - sum of gas references (H2, H2O, N2, CO).", "",
-        f"- Metals {cfg.get('metals')}, held out {cfg.get('ood_metals')}; facets {cfg.get('facets')}; "
-        f"adsorbates {cfg.get('adsorbates')}, held out {cfg.get('ood_adsorbates')}",
+        f"- Catalysts: pure metals {cfg.get('metals')} and alloys {cfg.get('alloys')} in training; held out "
+        f"(OOD-cat) {cfg.get('ood_alloys')}; facets {cfg.get('facets')}; adsorbates {cfg.get('adsorbates')}, held "
+        f"out (OOD-ads) {cfg.get('ood_adsorbates')}",
+        "- How the splits map to OC20's (Chanussot et al. 2021): OC20's OOD-cat holds bulk catalyst compositions "
+        "absent from training and OOD-ads adsorbates absent from it, both made of elements training has; here "
+        "OOD-cat is ordered binary alloys (A3B: one B per 2x2 cell of each layer; AB: a per-layer checkerboard) "
+        "whose composition no training slab has, and OOD-ads adsorbates of seen elements. Where it cannot follow "
+        "OC20: 7 EMT metals instead of 55 elements, 2x2 cells (so only these two orderings), no unary/ternary "
+        "split by bulk, and the OOD-cat alloys share metals (and often the pair) with training alloys.",
         f"- Slab size {cfg.get('slab_size')}, BFGS fmax {cfg.get('fmax')} eV/Å, at most "
         f"{cfg.get('max_steps')} steps; graph cutoff {cfg.get('cutoff')} Å, "
         f"<= {cfg.get('max_num_neighbors')} neighbours; "
@@ -625,6 +761,17 @@ def data_card_markdown(summary: dict[str, Any]) -> str:
                   f"- Frames per system: mean {summary['frames_per_system'].get('mean', 0):.1f}"]
     lines += ["", "## Elements (atoms over IS2RE records)", "", "| element | atoms |", "|---|---|"]
     lines += [f"| {el} | {n} |" for el, n in summary["element_histogram"].items()]
+    per_split = summary.get("elements_per_split", {})
+    if per_split:
+        train = set(per_split.get("train", []))
+        lines += ["", "## Elements per split (every one must occur in train)", "",
+                  "| split | elements | absent from train |", "|---|---|---|"]
+        lines += [f"| {sp} | {', '.join(els)} | {', '.join(sorted(set(els) - train)) or 'none'} |"
+                  for sp, els in per_split.items()]
+    cats = summary.get("catalyst_histogram", {})
+    if cats:
+        lines += ["", "## Catalysts (kept systems)", "", "| catalyst | systems |", "|---|---|"]
+        lines += [f"| {c} | {n} |" for c, n in cats.items()]
     deg = summary.get("degenerate_frames")
     if deg:
         lines += ["", "## Near-degenerate frames", "",
