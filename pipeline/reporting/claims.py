@@ -3,17 +3,26 @@
 Each claim is a check below, registered with its texts by ``@claim(...)``; it reads the metrics files (never a
 typed number) and the paper's value from ``pipeline/paper.yaml`` (never typed here either); its verdict:
 
-- ``reproduced``: the criterion holds on our measurements;
-- ``not reproduced``: it does not;
+- ``reproduced``: the 95% interval of the claim's quantity lies on the paper's side of its criterion;
+- ``contradicted``: it lies on the other side;
+- ``inconclusive``: it straddles the criterion (the seeds do not decide), or there is one seed only;
 - ``not measurable here``: what it needs was not measured (a model we do not run, a stage output missing,
   a cell the profile does not train); the reason says which.
 
 Rules, applied uniformly (stated again in claims.md):
-- Orderings ("A better than B") are judged on the means over seeds; the seed std is shown beside.
+- Orderings ("A better than B") over seeds: Welch's t 95% interval of the difference of the means
+  (``pipeline/reporting/verdicts.py``); a claim over several baselines is reproduced when every difference is,
+  contradicted when one is.
 - Magnitudes (speed-up factors, relative improvements) are reproduced when ours is at least half the paper's
-  (the claims say "N times faster" / "improves by X%": a larger factor still supports them); our value and the
-  paper's are both printed, so a reader can apply a stricter band.
-- "Invariant / equivariant up to float precision": below 0.1 meV (meV/Å), the paper's own Full-FA scale.
+  (the claims say "N times faster" / "improves by X%": a larger factor still supports them), judged on the
+  interval of the ratio of means (delta method on the log ratio, Welch degrees of freedom); single timings
+  (the benchmark's medians) carry a +-10% band as their interval.
+- "Invariant / equivariant up to float precision": below 0.1 meV (meV/Å), the paper's own Full-FA scale, for
+  the upper end of the t interval over seeds.
+- Exact results (the expressivity accuracies, the paper's own numbers) are reproduced or contradicted.
+- "Trend with data" (accuracy claims): the gap between the two models at 1/4, 1/2 and all of the training
+  set (stage ``scaling``), its slope per doubling of the data with a 95% interval: "toward the paper" when the
+  gap grows in the paper's direction, "away" when it shrinks, "flat" when the interval contains 0.
 Our data are the embedded EMT/xTB stand-ins on a CPU unless the profile says otherwise; each claim states the
 protocol it was measured under.
 """
@@ -21,17 +30,20 @@ protocol it was measured under.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from faenet.metrics import relative_improvement
 from faenet.tasks import OC20_VAL_SPLITS
+from pipeline.reporting import verdicts as V
+from pipeline.reporting.verdicts import CONTRADICTED, INCONCLUSIVE, REPRODUCED, Interval
 from pipeline.tables import load_paper, paper_row
 
-REPRODUCED, NOT_REPRODUCED, NOT_MEASURABLE = "reproduced", "not reproduced", "not measurable here"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_MEASURABLE)
+NOT_MEASURABLE = "not measurable here"
+VERDICTS = (REPRODUCED, INCONCLUSIVE, CONTRADICTED, NOT_MEASURABLE)
 PRECISION_MEV = 0.1  # "up to float precision": the paper's Full FA values are 0.03-0.07 meV
 OC20_SPLITS = OC20_VAL_SPLITS
 
@@ -47,6 +59,8 @@ class Claim:
     ours: Any = None
     verdict: str = NOT_MEASURABLE
     reason: str = ""
+    interval: str = ""  # the deciding quantity with its 95% interval (verdicts.py)
+    trend: str = ""  # accuracy claims: how the gap moves with training-set size (stage scaling)
     inputs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,7 +69,8 @@ class Missing(Exception):
 
 
 #: (metadata, check) of every claim, in report order. ``check(ctx, c)`` fills ``c.paper``/``c.ours`` (the paper's
-#: value first, so it is reported even when ours is missing) and returns whether the criterion holds.
+#: value first, so it is reported even when ours is missing) and ``c.interval``, and returns the verdict (one of
+#: ``verdicts``' three) or, for exact results, whether the criterion holds (True: reproduced, False: contradicted).
 _CLAIMS: list[tuple[dict[str, str], Callable[[dict[str, Any], Claim], bool]]] = []
 
 
@@ -81,6 +96,15 @@ def _cell(ctx: dict[str, Any], cell: str) -> dict[str, Any]:
 def mae(ctx: dict[str, Any], cell: str, key: str = "energy_mae", split: str = "average",
         splits: tuple[str, ...] = OC20_SPLITS) -> tuple[float, float]:
     """(mean, std) over seeds; ``average`` = mean over ``splits`` per seed."""
+    vals = mae_seeds(ctx, cell, key, split, splits)
+    mean = sum(vals) / len(vals)
+    std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+    return mean, std
+
+
+def mae_seeds(ctx: dict[str, Any], cell: str, key: str = "energy_mae", split: str = "average",
+              splits: tuple[str, ...] = OC20_SPLITS) -> list[float]:
+    """The per-seed values of ``key`` on ``split`` (``average``: the mean over ``splits``, seed by seed)."""
     m = _cell(ctx, cell)
     data = m["splits"]
     if split == "average":
@@ -92,9 +116,50 @@ def mae(ctx: dict[str, Any], cell: str, key: str = "energy_mae", split: str = "a
         if key not in data.get(split, {}):
             raise Missing(f"{cell} has no {key} on {split}")
         vals = data[split][key]["per_seed"]
-    mean = sum(vals) / len(vals)
-    std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
-    return mean, std
+    return [float(v) for v in vals]
+
+
+def _scaling_seeds(cell_entry: dict[str, Any], fraction: str, key: str, split: str,
+                   splits: tuple[str, ...] = OC20_SPLITS) -> list[float] | None:
+    data = cell_entry["by_fraction"].get(fraction, {})
+    if split == "average":
+        per = [data.get(s, {}).get(key) for s in splits]
+        if any(p is None for p in per):
+            return None
+        return [sum(v) / len(v) for v in zip(*per, strict=True)]
+    return data.get(split, {}).get(key)
+
+
+def trend_text(ctx: dict[str, Any], better: str, worse: Sequence[str], key: str, split: str,
+               higher_is_better: bool = False) -> str:
+    """How the gap between ``better`` and each of ``worse`` moves with the training-set size (stage scaling):
+    the gap at the smallest and the full size (positive = the paper's direction) and its slope per doubling
+    of the data with a 95% interval (seeds paired by position). Empty when the scaling stage did not run the
+    pair."""
+    cells = (ctx.get("scaling") or {}).get("cells", {})
+    if better not in cells:
+        return ""
+    out = []
+    for w in worse:
+        if w not in cells:
+            continue
+        xs, ys, gaps = [], [], {}
+        for frac in cells[better]["by_fraction"]:
+            b, o = _scaling_seeds(cells[better], frac, key, split), _scaling_seeds(cells[w], frac, key, split)
+            if not b or not o:
+                continue
+            g = [(bb - oo) if higher_is_better else (oo - bb) for bb, oo in zip(b, o, strict=False)]
+            gaps[float(frac)] = sum(g) / len(g)
+            xs += [math.log2(float(frac))] * len(g)
+            ys += g
+        if len(gaps) < 2:
+            continue
+        iv = V.slope_interval(xs, ys)
+        word = {REPRODUCED: "toward the paper", CONTRADICTED: "away from the paper"}.get(V.above_zero(iv), "flat")
+        lo, hi = min(gaps), max(gaps)
+        out.append(f"{w.split('-')[0]}: gap {gaps[lo]:+.3g} at {lo:g} -> {gaps[hi]:+.3g} at {hi:g} of train; "
+                   f"slope/doubling {iv.text(2)}: {word}")
+    return "; ".join(out)
 
 
 def epoch_seconds(ctx: dict[str, Any], cell: str) -> float:
@@ -129,6 +194,12 @@ def bench_ratio(ctx: dict[str, Any], section: str, pair: str, quantity: str, pro
 def sym(ctx: dict[str, Any], task: str, row: str, metric: str, subset: str = "all") -> float:
     """Mean over seeds of one App. D metric of ``row`` (a cell name or ``faenet-<task>-notrain``) in
     results/symmetry.json."""
+    vals = sym_seeds(ctx, task, row, metric, subset)
+    return sum(vals) / len(vals)
+
+
+def sym_seeds(ctx: dict[str, Any], task: str, row: str, metric: str, subset: str = "all") -> list[float]:
+    """The per-seed values of one App. D metric of ``row`` (one value for a row without seeds)."""
     s = ctx.get("symmetry")
     if not s:
         raise Missing("results/symmetry.json is missing (stage symmetry)")
@@ -138,7 +209,9 @@ def sym(ctx: dict[str, Any], task: str, row: str, metric: str, subset: str = "al
     v = entry.get(subset, {}).get(metric)
     if v is None:
         raise Missing(f"{task} {row}: no {metric} ({subset} graphs)")
-    return float(v["mean"] if isinstance(v, dict) else v)
+    if isinstance(v, dict):
+        return [float(x) for x in v.get("per_seed") or [v["mean"]]]
+    return [float(v)]
 
 
 def expr(ctx: dict[str, Any], table: str, model: str, key: str, protocol: str = "paper") -> float:
@@ -159,10 +232,11 @@ def expr_keys(ctx: dict[str, Any], table: str, model: str) -> list[str]:
     return list(e)
 
 
-ABLATION_KEYS = {"mae_meV": ("mae_mev", "average", "mean"), "samples_per_s": ("throughput", "samples_per_s")}
+ABLATION_KEYS = {"mae_meV": ("mae_mev", "average", "mean"), "samples_per_s": ("throughput", "samples_per_s"),
+                 "mae_meV_seeds": ("mae_mev", "average", "per_seed")}
 
 
-def ablation(ctx: dict[str, Any], variant: str, key: str) -> float:
+def ablation(ctx: dict[str, Any], variant: str, key: str) -> Any:
     """``key`` (``ABLATION_KEYS``: the mean MAE over the val splits, or the forward throughput) of one Table 6
     variant in ``results/ablation.json``."""
     a = ctx.get("ablation")
@@ -175,7 +249,7 @@ def ablation(ctx: dict[str, Any], variant: str, key: str) -> float:
         v = v.get(k) if isinstance(v, dict) else None
     if v is None:
         raise Missing(f"ablation variant {variant!r} has no {key}")
-    return float(v)
+    return [float(x) for x in v] if isinstance(v, list) else float(v)
 
 
 def _pm(x: tuple[float, float], digits: int = 4) -> str:
@@ -208,11 +282,14 @@ PAPER_PROTOCOL = "benchmark, paper protocol: FAENet-SFA on remove-tag-0 graphs, 
 SAME_GRAPH = "benchmark, same-graph protocol: both models on the same full-graph batches"
 
 
-def _ratio(ctx, c, section: str, pair: str, quantity: str, protocol: str) -> float:
+def _ratio(ctx, c, section: str, pair: str, quantity: str, protocol: str) -> Interval:
+    """A benchmark ratio (one median timing per model) with its timing band, recorded on the claim."""
     r, hp = bench_ratio(ctx, section, pair, quantity, protocol)
     c.inputs["hparams"] = hp
     c.ours = round(r, 3)
-    return r
+    iv = V.timing_interval(r)
+    c.interval = iv.text(3)
+    return iv
 
 
 def _speed(table: str, num: str, den: str, key: str = "infer") -> float:
@@ -224,14 +301,14 @@ def _speed(table: str, num: str, den: str, key: str = "infer") -> float:
 def c_infer_dimenet_paper(ctx, c):
     c.paper = _speed_claim("faenet_vs_dimenet_pp_infer_is2re")
     c.inputs["table9_ratio"] = round(_speed("table9", "faenet", "dimenet_pp"), 2)
-    return _ratio(ctx, c, "ratios", "faenet-sfa/dimenet_pp", "inference", "paper_protocol") >= c.paper / 2
+    return V.above(_ratio(ctx, c, "ratios", "faenet-sfa/dimenet_pp", "inference", "paper_protocol"), c.paper / 2)
 
 
 @claim("speed-dimenet-same-graph", "FAENet's 21x inference speed-up over DimeNet++ holds on identical graphs",
        "Sec. 5.2.1, Results IS2RE", "ours >= half the paper's factor", SAME_GRAPH)
 def c_infer_dimenet_same_graph(ctx, c):
     c.paper = _speed_claim("faenet_vs_dimenet_pp_infer_is2re")
-    return _ratio(ctx, c, "ratios", "faenet-sfa/dimenet_pp", "inference", "same_graph_full") >= c.paper / 2
+    return V.above(_ratio(ctx, c, "ratios", "faenet-sfa/dimenet_pp", "inference", "same_graph_full"), c.paper / 2)
 
 
 @claim("speed-schnet-is2re", "SchNet is still slightly faster than FAENet at inference (IS2RE)",
@@ -239,7 +316,7 @@ def c_infer_dimenet_same_graph(ctx, c):
        PAPER_PROTOCOL)
 def c_infer_schnet(ctx, c):
     c.paper = round(_speed("table9", "faenet", "schnet"), 3)
-    return 0.5 <= _ratio(ctx, c, "ratios", "faenet-sfa/schnet", "inference", "paper_protocol") <= 1.0
+    return V.between(_ratio(ctx, c, "ratios", "faenet-sfa/schnet", "inference", "paper_protocol"), 0.5, 1.0)
 
 
 @claim("speed-schnet-same-graph", "FAENet's inference throughput is at least 0.4x SchNet's on identical full graphs "
@@ -247,14 +324,14 @@ def c_infer_schnet(ctx, c):
        "FAENet-SFA / SchNet throughput >= 0.4", SAME_GRAPH)
 def c_infer_schnet_same(ctx, c):
     c.paper = round(_speed("table9", "faenet", "schnet"), 3)
-    return _ratio(ctx, c, "ratios", "faenet-sfa/schnet", "inference", "same_graph_full") >= 0.4
+    return V.above(_ratio(ctx, c, "ratios", "faenet-sfa/schnet", "inference", "same_graph_full"), 0.4)
 
 
 @claim("speed-forcenet-is2re", "FAENet is much faster than ForceNet at inference (IS2RE, 2469 vs 157 samples/s)",
        "Table 9", "ours >= half the paper's factor", PAPER_PROTOCOL)
 def c_infer_forcenet(ctx, c):
     c.paper = round(_speed("table9", "faenet", "forcenet"), 2)
-    return _ratio(ctx, c, "ratios", "faenet-sfa/forcenet", "inference", "paper_protocol") >= c.paper / 2
+    return V.above(_ratio(ctx, c, "ratios", "faenet-sfa/forcenet", "inference", "paper_protocol"), c.paper / 2)
 
 
 @claim("speed-epoch-forcenet-s2ef", "FAENet decreases the S2EF training time per epoch by a factor of 20 vs ForceNet",
@@ -262,7 +339,7 @@ def c_infer_forcenet(ctx, c):
        "benchmark: S2EF training steps (forces), ForceNet / FAENet-SFA time per sample, paper protocol")
 def c_epoch_forcenet(ctx, c):
     c.paper = _speed_claim("forcenet_vs_faenet_train_s2ef")
-    return _ratio(ctx, c, "s2ef", "forcenet/faenet-sfa", "epoch_time", "paper_protocol") >= c.paper / 2
+    return V.above(_ratio(ctx, c, "s2ef", "forcenet/faenet-sfa", "epoch_time", "paper_protocol"), c.paper / 2)
 
 
 @claim("speed-sfa-vs-full-fa", "SFA is up to 8x faster than Full FA (8 frames in 3D, 4 for the 2D slab frames)",
@@ -271,7 +348,7 @@ def c_epoch_forcenet(ctx, c):
 def c_sfa_vs_full(ctx, c):
     c.paper = _speed_claim("full_fa_vs_sfa_cost")
     c.inputs["frames"] = 4
-    return _ratio(ctx, c, "symmetry_costs", "full/sfa", "inference", "same_graph_full") >= 4 / 2
+    return V.above(_ratio(ctx, c, "symmetry_costs", "full/sfa", "inference", "same_graph_full"), 4 / 2)
 
 
 @claim("speed-pca-negligible", "The PCA computation of frame averaging is negligible (SFA as fast as no FA)",
@@ -279,7 +356,7 @@ def c_sfa_vs_full(ctx, c):
        "benchmark, FAENet on the same full-graph batches")
 def c_pca_negligible(ctx, c):
     c.paper = "similar run time"
-    return _ratio(ctx, c, "symmetry_costs", "sfa/none", "inference", "same_graph_full") <= 1.1
+    return V.below(_ratio(ctx, c, "symmetry_costs", "sfa/none", "inference", "same_graph_full"), 1.1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,12 +366,26 @@ def c_pca_negligible(ctx, c):
 BASELINES = ("schnet", "dimenet_pp", "forcenet")
 
 
+def _decide(c, pairs: dict[str, tuple[Sequence[float], Sequence[float]]], higher_is_better: bool = False) -> str:
+    """The combined verdict of "better beats worse" for each named (better, worse) pair of per-seed values;
+    ``c.interval`` gets each pair's difference with its interval (positive = the paper's direction)."""
+    out, texts = [], []
+    for name, (b, w) in pairs.items():
+        v, iv = V.ordering(b, w, higher_is_better)
+        out.append(v)
+        texts.append(f"{name}: {iv.text(3)}")
+    c.interval = "; ".join(texts)
+    return V.combine(out)
+
+
 def _ordering(ctx, c, better: str, worse: list[str], key: str = "energy_mae", split: str = "average",
-              higher_is_better: bool = False) -> bool:
+              higher_is_better: bool = False, task: str | None = None) -> str:
     b = mae(ctx, better, key, split)
     others = {w: mae(ctx, w, key, split) for w in worse}
     c.ours = {better: _pm(b), **{w: _pm(v) for w, v in others.items()}}
-    return all((b[0] > v[0]) if higher_is_better else (b[0] < v[0]) for v in others.values())
+    bs = mae_seeds(ctx, better, key, split)
+    c.trend = trend_text(ctx, better, worse, key, split, higher_is_better)
+    return _decide(c, {w.split("-")[0]: (bs, mae_seeds(ctx, w, key, split)) for w in worse}, higher_is_better)
 
 
 @claim("is2re-mae-best", "FAENet outperforms SchNet, DimeNet++ and ForceNet in IS2RE energy MAE",
@@ -313,14 +404,24 @@ def c_is2re_ewt(ctx, c):
                      higher_is_better=True)
 
 
+def _improvement(ctx, c, ours: str, base: str, key: str = "energy_mae") -> str:
+    """"``ours`` improves on ``base`` by at least half the paper's relative improvement", on the interval of
+    1 - mean(ours)/mean(base) over seeds."""
+    f, b = mae(ctx, ours, key), mae(ctx, base, key)
+    iv = V.relative_improvement_interval(mae_seeds(ctx, ours, key), mae_seeds(ctx, base, key))
+    c.ours = round(relative_improvement(f[0], b[0]), 4)
+    c.inputs = {ours.split("-")[0]: _pm(f), base.split("-")[0]: _pm(b)}
+    c.interval = iv.text(3)
+    c.trend = trend_text(ctx, ours, [base], key, "average")
+    return V.above(iv, c.paper / 2)
+
+
 @claim("is2re-improvement-vs-schnet", "FAENet improves the average IS2RE validation MAE over SchNet by 17%",
        "Sec. 5.2.1, Results IS2RE", "ours >= half the paper's relative improvement",
        "train stage, IS2RE, average of the 4 val splits")
 def c_is2re_vs_schnet(ctx, c):
     c.paper = _text("is2re_mae_improvement_vs_schnet")[0]
-    f, s = mae(ctx, "faenet-is2re-sfa"), mae(ctx, "schnet-is2re-none")
-    c.ours, c.inputs = round(relative_improvement(f[0], s[0]), 4), {"faenet": _pm(f), "schnet": _pm(s)}
-    return c.ours >= c.paper / 2
+    return _improvement(ctx, c, "faenet-is2re-sfa", "schnet-is2re-none")
 
 
 @claim("s2ef-energy-best", "FAENet outperforms SchNet, DimeNet++ and ForceNet in S2EF energy MAE",
@@ -346,9 +447,7 @@ def c_s2ef_vs_forcenet(ctx, c):
     p_f = _t("table1_s2ef", "faenet", "energy_mae", "average")
     p_n = _t("table1_s2ef", "forcenet", "energy_mae", "average")
     c.paper = round(relative_improvement(p_f, p_n), 4)
-    f, n = mae(ctx, "faenet-s2ef-sfa"), mae(ctx, "forcenet-s2ef-none")
-    c.ours, c.inputs = round(relative_improvement(f[0], n[0]), 4), {"faenet": _pm(f), "forcenet": _pm(n)}
-    return c.ours >= c.paper / 2
+    return _improvement(ctx, c, "faenet-s2ef-sfa", "forcenet-s2ef-none")
 
 
 _AVG = "train stage, {}, energy MAE, average of the 4 val splits"
@@ -384,11 +483,11 @@ class MethodPair:
                 "criterion": "{better}'s mean MAE <= {worse}'s".format(**labels),
                 "protocol": _AVG.format(labels["task"])}
 
-    def check(self, ctx: dict[str, Any], c: Claim) -> bool:
+    def check(self, ctx: dict[str, Any], c: Claim) -> str:
         c.paper = {m: _t(self.table, f"faenet-{m}", "mae") for m in (self.better, self.worse)}
-        b, w = (mae(ctx, f"faenet-{self.task}-{m}") for m in (self.better, self.worse))
-        c.ours = {self.better: _pm(b), self.worse: _pm(w)}
-        return b[0] <= w[0]
+        b, w = (f"faenet-{self.task}-{m}" for m in (self.better, self.worse))
+        c.ours = {self.better: _pm(mae(ctx, b)), self.worse: _pm(mae(ctx, w))}
+        return _decide(c, {self.worse: (mae_seeds(ctx, b), mae_seeds(ctx, w))})
 
 
 #: The paper's SFA-vs-other-method MAE claims (Sec. 5.1, App. D.2), in report order.
@@ -414,7 +513,8 @@ def c_forcenet_sfa_mae(ctx, c):
     c.paper = {k: _t("table11", f"forcenet-{k}", "mae") for k in ("sfa", "da", "none")}
     s, d, n = (mae(ctx, f"forcenet-is2re-{k}") for k in ("sfa", "da", "none"))
     c.ours = {"sfa": _pm(s), "da": _pm(d), "none": _pm(n)}
-    return s[0] < d[0] and s[0] < n[0]
+    seeds = {k: mae_seeds(ctx, f"forcenet-is2re-{k}") for k in ("sfa", "da", "none")}
+    return _decide(c, {k: (seeds["sfa"], seeds[k]) for k in ("da", "none")})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -430,7 +530,7 @@ def c_full_fa_invariant(ctx, c):
     r = sym(ctx, "is2re", "faenet-is2re-full", "rot_i", "non_degenerate")
     f = sym(ctx, "is2re", "faenet-is2re-full", "refl_i", "non_degenerate")
     c.ours = {"rot_i": r, "refl_i": f, "rot_i_all_graphs": sym(ctx, "is2re", "faenet-is2re-full", "rot_i")}
-    return r < PRECISION_MEV and f < PRECISION_MEV
+    return _under_precision(ctx, c, "is2re", "faenet-is2re-full", ("rot_i", "refl_i"), "non_degenerate")
 
 
 @claim("sym-full-fa-equivariant", "Full FA yields equivariant forces up to float precision (S2EF)",
@@ -442,15 +542,23 @@ def c_full_fa_equivariant(ctx, c):
     r = sym(ctx, "s2ef", "faenet-s2ef-full", "f_rot_e", "non_degenerate")
     f = sym(ctx, "s2ef", "faenet-s2ef-full", "f_refl_e", "non_degenerate")
     c.ours = {"f_rot_e": r, "f_refl_e": f}
-    return r < PRECISION_MEV and f < PRECISION_MEV
+    return _under_precision(ctx, c, "s2ef", "faenet-s2ef-full", ("f_rot_e", "f_refl_e"), "non_degenerate")
 
 
-def _sym_order(ctx, c, table: str, task: str, metric: str, better: str, worse: list[str]) -> bool:
+def _under_precision(ctx, c, task: str, row: str, metrics: tuple[str, ...], subset: str = "all") -> str:
+    """Each metric's mean over seeds below ``PRECISION_MEV``, on its t interval."""
+    ivs = {m: V.mean_interval(sym_seeds(ctx, task, row, m, subset)) for m in metrics}
+    c.interval = "; ".join(f"{m}: {iv.text(3)}" for m, iv in ivs.items())
+    return V.combine([V.below(iv, PRECISION_MEV) for iv in ivs.values()])
+
+
+def _sym_order(ctx, c, table: str, task: str, metric: str, better: str, worse: list[str]) -> str:
     c.paper = {k: _t(table, f"faenet-{k}", metric) for k in (better, *worse)}
     b = sym(ctx, task, f"faenet-{task}-{better}", metric)
     others = {w: sym(ctx, task, f"faenet-{task}-{w}", metric) for w in worse}
     c.ours = {better: b, **others}
-    return all(b < v for v in others.values())
+    bs = sym_seeds(ctx, task, f"faenet-{task}-{better}", metric)
+    return _decide(c, {w: (bs, sym_seeds(ctx, task, f"faenet-{task}-{w}", metric)) for w in worse})
 
 
 @claim("sym-sfa-rot-is2re", "SFA learns rotation invariance better than DA and No-FA (IS2RE)", "Sec. 5.1; Table 11",
@@ -483,7 +591,10 @@ def c_nofa_factor(ctx, c):
     c.paper = _text("nofa_vs_sfa_invariance_factor")[0]
     c.inputs["table11_ratio"] = round(_t("table11", "faenet-none", "rot_i") / _t("table11", "faenet-sfa", "rot_i"), 2)
     c.ours = round(sym(ctx, "is2re", "faenet-is2re-none", "rot_i") / sym(ctx, "is2re", "faenet-is2re-sfa", "rot_i"), 2)
-    return c.ours >= c.paper / 2
+    iv = V.ratio_interval(sym_seeds(ctx, "is2re", "faenet-is2re-none", "rot_i"),
+                          sym_seeds(ctx, "is2re", "faenet-is2re-sfa", "rot_i"))
+    c.interval = iv.text(3)
+    return V.above(iv, c.paper / 2)
 
 
 @claim("sym-nofa-learns-some", "Without any symmetry method FAENet still learns symmetry to some extent: No-FA is "
@@ -493,7 +604,8 @@ def c_nofa_learns(ctx, c):
     c.paper = {"none": _t("table12", "faenet-none", "rot_i"), "notrain": _t("table12", "faenet-notrain", "rot_i")}
     n, u = sym(ctx, "s2ef", "faenet-s2ef-none", "rot_i"), sym(ctx, "s2ef", "faenet-s2ef-notrain", "rot_i")
     c.ours = {"none": n, "notrain": u}
-    return n < u
+    return _decide(c, {"notrain": (sym_seeds(ctx, "s2ef", "faenet-s2ef-none", "rot_i"),
+                                   sym_seeds(ctx, "s2ef", "faenet-s2ef-notrain", "rot_i"))})
 
 
 @claim("sym-se3-less-reflection-invariant", "SE(3)-SFA is by construction less invariant to reflections than SFA "
@@ -503,7 +615,9 @@ def c_se3_reflection(ctx, c):
     c.paper = {"se3-sfa": _t("table11", "faenet-se3-sfa", "refl_i"), "sfa": _t("table11", "faenet-sfa", "refl_i")}
     a, b = sym(ctx, "is2re", "faenet-is2re-se3-sfa", "refl_i"), sym(ctx, "is2re", "faenet-is2re-sfa", "refl_i")
     c.ours = {"se3-sfa": a, "sfa": b}
-    return a > b
+    # "SE(3)-SFA above SFA" = SFA is the better (lower) one.
+    return _decide(c, {"se3-sfa": (sym_seeds(ctx, "is2re", "faenet-is2re-sfa", "refl_i"),
+                                   sym_seeds(ctx, "is2re", "faenet-is2re-se3-sfa", "refl_i"))})
 
 
 @claim("sym-forcenet-sfa", "For ForceNet, SFA enforces invariance better than DA, which beats none (IS2RE)",
@@ -513,7 +627,8 @@ def c_forcenet_sym(ctx, c):
     c.paper = {k: _t("table11", f"forcenet-{k}", "rot_i") for k in ("sfa", "da", "none")}
     s, d, n = (sym(ctx, "is2re", f"forcenet-is2re-{k}", "rot_i") for k in ("sfa", "da", "none"))
     c.ours = {"sfa": s, "da": d, "none": n}
-    return s < d < n
+    seeds = {k: sym_seeds(ctx, "is2re", f"forcenet-is2re-{k}", "rot_i") for k in ("sfa", "da", "none")}
+    return _decide(c, {"sfa<da": (seeds["sfa"], seeds["da"]), "da<none": (seeds["da"], seeds["none"])})
 
 
 @claim("sym-schnet-invariant", "SchNet is invariant by design (all metrics 0.00)", "Tables 11, 12",
@@ -522,7 +637,10 @@ def c_schnet_invariant(ctx, c):
     c.paper = {k: _t("table11", "schnet-none", k) for k in ("rot_i", "refl_i")}
     r, f = sym(ctx, "is2re", "schnet-is2re-none", "rot_i"), sym(ctx, "is2re", "schnet-is2re-none", "refl_i")
     c.ours = {"rot_i": r, "refl_i": f}
-    return r < PRECISION_MEV and f < PRECISION_MEV
+    # Invariant by construction: every seed's value must be below the precision (an exact claim).
+    vals = [v for m in ("rot_i", "refl_i") for v in sym_seeds(ctx, "is2re", "schnet-is2re-none", m)]
+    c.interval = f"max over seeds and metrics {max(vals):.3g}"
+    return max(vals) < PRECISION_MEV
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -582,14 +700,16 @@ def c_sfa_preserves(ctx, c):
        "train stage, QM7-X-like: known = val_id, unknown = test")
 def c_qm7x_vs_schnet(ctx, c):
     c.paper = {m: _t("table2", m) for m in ("faenet", "schnet")}
-    out, ok = {}, True
+    out, pairs = {}, {}
     for split in ("val_id", "test"):
         for key in ("energy_mae", "force_mae"):
             f, s = mae(ctx, "faenet-qm7x-sfa", key, split), mae(ctx, "schnet-qm7x-none", key, split)
             out[f"{key}@{split}"] = {"faenet": _pm(f), "schnet": _pm(s)}
-            ok &= f[0] < s[0]
+            pairs[f"{key}@{split}"] = (mae_seeds(ctx, "faenet-qm7x-sfa", key, split),
+                                       mae_seeds(ctx, "schnet-qm7x-none", key, split))
     c.ours = out
-    return ok
+    c.trend = trend_text(ctx, "faenet-qm7x-sfa", ["schnet-qm7x-none"], "force_mae", "test")
+    return _decide(c, pairs)
 
 
 @claim("qm7x-unknown-harder", "Errors are higher on unknown molecules than on known ones, for every model",
@@ -600,14 +720,15 @@ def c_qm7x_unknown_harder(ctx, c):
     cells = sorted(k for k, m in ctx["train"].items() if m["dataset"] == "qm7x")
     if not cells:
         raise Missing("no QM7-X cell was trained")
-    out, ok = {}, True
+    out, pairs = {}, {}
     for cell in cells:
         for key in ("energy_mae", "force_mae"):
             k, u = mae(ctx, cell, key, "val_id"), mae(ctx, cell, key, "test")
             out[f"{cell}:{key}"] = {"known": _pm(k), "unknown": _pm(u)}
-            ok &= u[0] > k[0]
+            pairs[f"{cell.split('-')[0]}:{key}"] = (mae_seeds(ctx, cell, key, "val_id"),
+                                                    mae_seeds(ctx, cell, key, "test"))
     c.ours = out
-    return ok
+    return _decide(c, pairs)
 
 
 @claim("qm9-only-model-faster-than-schnet", "FAENet is the only model faster than SchNet (QM9 training time per "
@@ -617,7 +738,9 @@ def c_qm9_speed(ctx, c):
     c.paper = {m: _t("table8", m, "epoch_s") for m in ("faenet", "schnet", "dimenet_pp")}
     f, s, d = (epoch_seconds(ctx, cell) for cell in ("faenet-qm9-sfa", "schnet-qm9-none", "dimenet_pp-qm9-none"))
     c.ours = {"faenet": round(f, 3), "schnet": round(s, 3), "dimenet_pp": round(d, 3)}
-    return f < s < d
+    ivs = {"schnet/faenet": V.timing_interval(s / f), "dimenet_pp/schnet": V.timing_interval(d / s)}
+    c.interval = "; ".join(f"{k}: {iv.text(3)}" for k, iv in ivs.items())
+    return V.combine([V.above(iv, 1.0) for iv in ivs.values()])
 
 
 @claim("qm9-relative-improvement", "FAENet improves on SchNet on QM9 (mean relative improvement 0.395, Eq. 11)",
@@ -629,7 +752,10 @@ def c_qm9_improvement(ctx, c):
     if not rel or rel.get("mean") is None:
         raise Missing("FAENet and SchNet were not both trained on QM9 properties")
     c.ours, c.inputs = round(rel["mean"], 4), {"std": rel["std"], "n_properties": rel["n"]}
-    return rel["mean"] >= c.paper / 2
+    # The interval is over properties (Eq. (11)'s mean is over properties; one model per property and seed).
+    iv = V.mean_interval(list(rel.get("per_property", {}).values()))
+    c.interval = iv.text(3)
+    return V.above(iv, c.paper / 2)
 
 
 @claim("qm9-table8-internal-consistency", "Table 8's FAENet mean ± std relative improvement (0.395 ± 0.212) follows "
@@ -665,8 +791,9 @@ def c_ablation_best(ctx, c):
     if "FAENet (baseline)" not in vals or len(vals) < 2:
         raise Missing("the ablation ran fewer than two variants, or not the baseline")
     c.ours = {k: round(v, 2) for k, v in vals.items()}
-    base = vals.pop("FAENet (baseline)")
-    return all(base < v for v in vals.values())
+    seeds = {v: ablation(ctx, v, "mae_meV_seeds") for v in vals}
+    base = seeds.pop("FAENet (baseline)")
+    return _decide(c, {v: (base, s) for v, s in seeds.items()})
 
 
 @claim("ablation-rbf-helps", "Adding the RBF of distances to r_ij in the edge embedding improves MAE significantly",
@@ -676,7 +803,8 @@ def c_ablation_rbf(ctx, c):
     c.paper = {"baseline": _t("table6", "FAENet (baseline)", "mae"), "only r_ij": _t("table6", "Only r_ij", "mae")}
     b, r = ablation(ctx, "FAENet (baseline)", "mae_meV"), ablation(ctx, "Only r_ij", "mae_meV")
     c.ours = {"baseline": round(b, 2), "only r_ij": round(r, 2)}
-    return b < r
+    return _decide(c, {"only r_ij": (ablation(ctx, "FAENet (baseline)", "mae_meV_seeds"),
+                                     ablation(ctx, "Only r_ij", "mae_meV_seeds"))})
 
 
 @claim("ablation-basic-mp-fastest", "The 'Basic MP' variant is the most scalable (highest throughput)",
@@ -688,7 +816,11 @@ def c_ablation_basic_fastest(ctx, c):
     if "Basic MP" not in vals:
         raise Missing("the profile's ablation does not include 'Basic MP'")
     c.ours = {k: round(v, 1) for k, v in vals.items()}
-    return max(vals, key=vals.get) == "Basic MP"
+    basic = vals.pop("Basic MP")
+    ivs = {k: V.timing_interval(basic / v) for k, v in vals.items()}
+    worst = min(ivs, key=lambda k: ivs[k].value)
+    c.interval = f"Basic MP / {worst} (closest): {ivs[worst].text(3)}"
+    return V.combine([V.above(iv, 1.0) for iv in ivs.values()])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -703,7 +835,8 @@ def evaluate_claims(ctx: dict[str, Any], qm9: dict[str, Any] | None = None) -> l
     for meta, check in _CLAIMS:
         c = Claim(**meta, paper=None)
         try:
-            c.verdict = REPRODUCED if check(ctx, c) else NOT_REPRODUCED
+            v = check(ctx, c)
+            c.verdict = (REPRODUCED if v else CONTRADICTED) if isinstance(v, bool) else v
         except Missing as why:
             c.verdict, c.reason, c.ours = NOT_MEASURABLE, str(why), None
         out.append(c)
@@ -729,12 +862,13 @@ def write_claims(claims: list[Claim], reports: Path, profile: str = "") -> str:
              "Every verdict is computed by `pipeline/reporting/claims.py` from the metrics files; every paper value "
              "comes from `pipeline/paper.yaml` (its table and row, or the sentence that states it). Rules:", "",
              RULES, "",
-             "| # | claim | where | paper | ours | criterion | protocol | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| # | claim | where | paper | ours | 95% interval (deciding quantity) | criterion | protocol | "
+             "trend with data | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for i, c in enumerate(claims, 1):
         ours = f"({c.reason})" if c.verdict == NOT_MEASURABLE else _short(c.ours)
-        lines.append(f"| {i} | {c.text} | {c.where} | {_short(c.paper)} | {ours} | {c.criterion} | {c.protocol} | "
-                     f"**{c.verdict}** |")
+        lines.append(f"| {i} | {c.text} | {c.where} | {_short(c.paper)} | {ours} | {c.interval or '–'} | "
+                     f"{c.criterion} | {c.protocol} | {c.trend or '–'} | **{c.verdict}** |")
     (reports / "claims.md").write_text("\n".join(lines) + "\n")
     return line
 

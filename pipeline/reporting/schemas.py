@@ -115,10 +115,26 @@ class Fetch(_Open):
     content_hashes: dict[str, Any] = {}
 
 
+class _ScalingCell(_Open):
+    task: str
+    train_sizes: dict[str, int]  # fraction (as written, e.g. "0.25") -> training graphs
+    #: fraction -> split -> metric -> per-seed values (seeds in ``seeds`` order)
+    by_fraction: dict[str, dict[str, dict[str, list[float]]]]
+    seeds: list[int]
+
+
+class Scaling(_Open):
+    """``results/scaling.json`` (stage scaling): each cell's errors at fractions of its training set."""
+
+    fractions: list[float]
+    cells: dict[str, _ScalingCell]
+
+
 #: Optional stage outputs: file name -> (schema, stage that writes it).
 STAGE_FILES: dict[str, tuple[type[BaseModel], str]] = {
     "fetch": (Fetch, "fetch"), "benchmark": (Benchmark, "benchmark"), "symmetry": (Symmetry, "symmetry"),
     "expressivity": (Expressivity, "expressivity"), "ablation": (Ablation, "ablation"),
+    "scaling": (Scaling, "scaling"),
 }
 
 
