@@ -109,12 +109,11 @@ def run_ablation(params: Params, data_dir: Path = DATA, results_path: Path = RES
     headline."""
     import torch
     from torch.utils.data import Subset
-    from tqdm.auto import tqdm
 
     from faenet.data.dataset import GraphDataset, content_hash, remove_tag0
     from faenet.model import TABLE6_ABLATIONS
     from pipeline.resolve import resolve_run, run_provenance_tags
-    from pipeline.runs import RunSpec, load_final, train_or_reuse
+    from pipeline.runs import DataSpec, Job, RunSpec, load_final, run_all
 
     t0 = time.perf_counter()
     prof, a = params.active, params.active.ablation
@@ -148,11 +147,17 @@ def run_ablation(params: Params, data_dir: Path = DATA, results_path: Path = RES
             extra_params={"variant": v, "n_train": len(sets["train"])}, extra_tags={"variant": v},
             extra_config={"variant": v, "switches": TABLE6_ABLATIONS[v], "subset": subset}, provenance_tags=prov)
             for seed in a.seeds]
-    runs: dict[str, list[dict[str, Any]]] = {}
+    # Every (variant, seed) run in parallel processes, as the train stage runs seeds (small models use two cores
+    # better as two runs than as one run on two threads); results do not depend on the number of workers.
+    data = DataSpec({n: str(split_paths[n]) for n in ("train", *base.eval_splits)}, "is2re", rewire,
+                    tuple(range(len(sets["train"]))) if subset else None)
     todo = [(v, s) for v in variants for s in specs[v]]
-    for v, spec in tqdm(todo, desc="ablation runs", unit="run"):
-        runs.setdefault(v, []).append(train_or_reuse(spec, sets, list(cells[v].eval_splits), cells[v].needs_forces,
-                                                     cells[v].eval_batch_size))
+    jobs = [Job(spec, data, tuple(cells[v].eval_splits), cells[v].needs_forces, cells[v].eval_batch_size)
+            for v, spec in todo]
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for (v, _), run in zip(todo, run_all(jobs, workers=prof.train.workers, threads=prof.train.threads),
+                           strict=True):
+        runs.setdefault(v, []).append(run)
 
     batches, tp_info = throughput_batches(params, split_paths, rewire)
     models = {v: load_final(specs[v][0])[1] for v in variants}

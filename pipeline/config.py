@@ -44,6 +44,7 @@ from pydantic import (
     model_validator,
 )
 
+from faenet.data.compositions import EMT_METALS
 from faenet.tasks import CATALYSIS, EVAL_SPLITS, FORCE_TASKS, FRAME_DIM, MOLECULES, TASKS  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ PARAMS_PATH = ROOT / "params.yaml"
 
 SYMMETRY_METHODS = ("none", "sfa", "full", "se3-sfa", "se3-full", "da")
 DATASETS = TASKS  # the task facts live in faenet.tasks (re-exported here for the pipeline's imports)
-ELEMENTS_EMT = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
+ELEMENTS_EMT = EMT_METALS
 FACETS = ("111", "100", "110")
 QM9_TARGET_NAMES = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "cv")
 
@@ -126,7 +127,7 @@ class CatalysisData(Strict):
 
     @model_validator(mode="after")
     def _held_out_are_subsets(self) -> CatalysisData:
-        from faenet.data.catalysis import ADSORBATES, check_element_coverage, parse_catalyst
+        from faenet.data.compositions import ADSORBATES, check_element_coverage, parse_catalyst
 
         for name in (*self.alloys, *self.ood_alloys):
             if parse_catalyst(name)[1] is None:
@@ -444,6 +445,18 @@ class BenchmarkConfig(Strict):
     scaling_hparams: list[Literal["profile", "paper"]] = Field(default_factory=lambda: ["profile"], min_length=1)
 
 
+class ScalingConfig(Strict):
+    """Stage ``scaling`` (issue: does each accuracy gap close with data?): the listed train cells retrained, with
+    their own settings and seeds, on nested seeded subsets of their training split (``fractions``; the full
+    split is the train stage's runs, reused). Same epochs at every size, so the same passes over each sample.
+    Cells the profile does not train are skipped (the claims' trend column then says nothing)."""
+
+    cells: Annotated[list[str], Distinct] = Field(default_factory=list)
+    fractions: Annotated[list[Annotated[float, Field(gt=0, lt=1)]], Distinct] = Field(
+        default_factory=lambda: [0.25, 0.5])
+    subset_seed: NonNegInt = 0
+
+
 class Profile(Strict):
     description: str = ""
     data: DataConfig = DataConfig()
@@ -453,6 +466,7 @@ class Profile(Strict):
     expressivity: ExpressivityConfig = ExpressivityConfig()
     ablation: AblationConfig = AblationConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    scaling: ScalingConfig = ScalingConfig()
 
     def model_hparams(self, model: str, task: str) -> dict[str, Any]:
         """The profile's hyperparameters of ``model`` for ``task`` ({} = the constructor's defaults)."""
@@ -501,6 +515,11 @@ class Params(Strict):
     def _profile_exists(self) -> Params:
         if self.profile not in self.profiles:
             raise ValueError(f"profile '{self.profile}' is not defined; choose one of {sorted(self.profiles)}")
+        for pname, prof in self.profiles.items():
+            unknown = [c for c in prof.scaling.cells if c not in self.train_cells]
+            if unknown:
+                raise ValueError(f"profiles.{pname}.scaling.cells: {unknown} are not train_cells; choose from "
+                                 f"{sorted(self.train_cells)}")
         return self
 
     @property

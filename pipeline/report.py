@@ -16,7 +16,7 @@ from typing import Any
 
 from pipeline.config import EVAL_SPLITS, ROOT, Params, params_hash, stage_main
 from pipeline.reporting.claims import evaluate_claims, write_claims
-from pipeline.reporting.figures import draw_figures, pareto_data, write_plot_data
+from pipeline.reporting.figures import draw_figures, draw_scaling, pareto_data, write_plot_data
 from pipeline.reporting.index import write_index
 from pipeline.reporting.schemas import load_results
 from pipeline.reporting.tables import table2, table8, table_oc20
@@ -43,7 +43,7 @@ def _main(params: Params) -> int:
     qm9 = table8(ctx, params.profile)
     data = pareto_data(ctx, qm9)
     write_plot_data(data, REPORTS)
-    figures = draw_figures(data, params.profile, REPORTS)
+    figures = draw_figures(data, params.profile, REPORTS) + draw_scaling(ctx.get("scaling"), REPORTS)
     claims = evaluate_claims(ctx, qm9)
     summary = write_claims(claims, REPORTS, params.profile)
     fetch = ctx["fetch"] or {}

@@ -261,11 +261,18 @@ class DataSpec:
     paths: dict[str, str]  # split name -> LMDB path; "train" and every eval split
     task: str
     transform: Any = None  # a picklable callable (e.g. ``pipeline.train.RecordTransform``), or None
+    train_indices: tuple[int, ...] | None = None  # a subset of the train split (stage scaling); None = all
 
     def open(self) -> dict[str, Any]:
+        from torch.utils.data import Subset
+
         from faenet.data.dataset import GraphDataset
 
-        return {name: GraphDataset(path, task=self.task, transform=self.transform) for name, path in self.paths.items()}
+        sets = {name: GraphDataset(path, task=self.task, transform=self.transform)
+                for name, path in self.paths.items()}
+        if self.train_indices is not None:
+            sets["train"] = Subset(sets["train"], list(self.train_indices))
+        return sets
 
 
 @dataclass(frozen=True)

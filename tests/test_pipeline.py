@@ -101,7 +101,14 @@ def test_smoke_repro_writes_every_report(smoke_repo):
         assert (repo / "reports" / "figures" / fig).stat().st_size > 10_000
     claims = json.loads((repo / "reports" / "claims.json").read_text())
     assert len(claims["claims"]) >= 20
-    assert {c["verdict"] for c in claims["claims"]} <= {"reproduced", "not reproduced", "not measurable here"}
+    assert {c["verdict"] for c in claims["claims"]} <= {"reproduced", "inconclusive", "contradicted",
+                                                        "not measurable here"}
+    assert "trend with data" in (repo / "reports" / "claims.md").read_text()
+    # The scaling stage retrained the listed cells on half of the train split and the report drew its figure.
+    scaling = json.loads((repo / "results" / "scaling.json").read_text())
+    cell = scaling["cells"]["faenet-is2re-sfa"]
+    assert set(cell["by_fraction"]) == {"0.5", "1"} and cell["train_sizes"]["0.5"] < cell["train_sizes"]["1"]
+    assert (repo / "reports" / "figures" / "scaling_is2re.png").stat().st_size > 10_000
     prov = json.loads((repo / "reports" / "provenance.json").read_text())
     assert prov["git_commit"] and prov["params_hash"] and prov["dataset_hashes"]
 

@@ -13,7 +13,8 @@ comparable with the paper's; the task structure is the same:
   tagged 1 (surface), the adsorbate is tagged 2 (OC20 tags). One adsorbate of :data:`ADSORBATES` is placed
   at a random named site (top/bridge/hollow) of a random surface cell, with a random rotation about z, small
   tilt and xy jitter, at a site-dependent height.
-- IS2RE: BFGS relaxation (``fmax``, ``max_steps``; convergence recorded) from the initial structure; target
+- IS2RE: the adsorbate is placed on the relaxed clean slab (as OC20 does), then BFGS relaxation (``fmax``,
+  ``max_steps``; convergence recorded) from that initial structure; target
   ``y = E(slab+ads, relaxed) - E(clean slab, relaxed) - sum_atoms mu_X`` with gas references as OC20's
   (H2, H2O, N2, CO): mu_H = E(H2)/2, mu_O = E(H2O) - E(H2), mu_N = E(N2)/2, mu_C = E(CO) - mu_O, all
   EMT-relaxed molecules. Record positions are the initial structure.
@@ -44,7 +45,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import statistics
 import time
 from collections import Counter
@@ -57,13 +57,18 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from faenet.data.compositions import (
+    ADSORBATES,
+    EMT_METALS,
+    check_element_coverage,
+    parse_catalyst,
+)
 from faenet.data.records import TAG_ADSORBATE, TAG_SUBSURFACE, TAG_SURFACE, validate_record
 from faenet.data.store import dumps, loads, write_lmdb
 from faenet.graph import radius_graph
 from faenet.procs import run_pool, starred
 from faenet.tasks import CATALYSIS, EVAL_SPLITS
 
-EMT_METALS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 FACETS = ("111", "100", "110")
 SPLITS = ("train", *EVAL_SPLITS["is2re"])  # IS2RE and S2EF share their splits
 ID_SPLITS = ("train", "val_id", "test")
@@ -71,24 +76,6 @@ VACUUM = 10.0  # Å each side: the 6 Å graph never reaches a z image even with 
 CACHE_VERSION = "emt-catalysis-v2"  # bump when the physics or record layout changes (invalidates caches)
 MAX_ABS_E_ADS, MAX_ABS_FORCE = 10.0, 50.0  # OC20's filters, eV and eV/Å
 
-# Adsorbates: atoms with positions (Å) relative to the binding atom (listed first, at the origin), z away from
-# the surface. Bond lengths and angles are textbook gas-phase values.
-ADSORBATES: dict[str, tuple[tuple[str, tuple[float, float, float]], ...]] = {
-    "H": (("H", (0.0, 0.0, 0.0)),),
-    "O": (("O", (0.0, 0.0, 0.0)),),
-    "N": (("N", (0.0, 0.0, 0.0)),),
-    "C": (("C", (0.0, 0.0, 0.0)),),
-    "OH": (("O", (0.0, 0.0, 0.0)), ("H", (0.0, 0.0, 0.97))),
-    "CO": (("C", (0.0, 0.0, 0.0)), ("O", (0.0, 0.0, 1.15))),
-    "NO": (("N", (0.0, 0.0, 0.0)), ("O", (0.0, 0.0, 1.17))),
-    "CH": (("C", (0.0, 0.0, 0.0)), ("H", (0.0, 0.0, 1.10))),
-    "NH": (("N", (0.0, 0.0, 0.0)), ("H", (0.0, 0.0, 1.03))),
-    "CH2": (("C", (0.0, 0.0, 0.0)), ("H", (0.89, 0.0, 0.63)), ("H", (-0.89, 0.0, 0.63))),
-    "NH2": (("N", (0.0, 0.0, 0.0)), ("H", (0.82, 0.0, 0.60)), ("H", (-0.82, 0.0, 0.60))),
-    "OH2": (("O", (0.0, 0.0, 0.0)), ("H", (0.76, 0.0, 0.59)), ("H", (-0.76, 0.0, 0.59))),
-    "CH3": (("C", (0.0, 0.0, 0.0)), ("H", (1.03, 0.0, 0.36)), ("H", (-0.51, 0.89, 0.36)),
-            ("H", (-0.51, -0.89, 0.36))),
-}
 # Initial height (Å) of the binding atom above the top layer: (on top, bridge, hollow), near EMT's own
 # minima on fcc(111) (EMT binds H, C, N, O farther out than DFT does; closer starts give |F| > 50 eV/Å).
 _HEIGHTS = {"H": (2.0, 1.8, 1.7), "C": (1.8, 1.5, 1.4), "N": (1.8, 1.5, 1.4), "O": (1.9, 1.7, 1.6)}
@@ -115,31 +102,6 @@ class PhysicsParams:
     cutoff: float
     max_num_neighbors: int
     s2ef_frame_stride: int
-
-
-_CATALYST = re.compile(r"^([A-Z][a-z]?)(3?)([A-Z][a-z]?)?(3?)$")
-
-
-def parse_catalyst(name: str) -> tuple[str, str | None, str]:
-    """``(majority metal, minority metal or None, kind)`` of a composition: ``"Cu"`` -> ("Cu", None, "A"),
-    ``"Cu3Au"`` / ``"AuCu3"`` -> ("Cu", "Au", "A3B"), ``"CuAu"`` -> ("Cu", "Au", "AB")."""
-    m = _CATALYST.match(name)
-    if m is None or (m[3] is None and (m[2] or m[4])) or (m[2] and m[4]):
-        raise ValueError(f"catalyst {name!r} is not a composition of the form A, A3B or AB (e.g. Cu, Cu3Au, CuPd)")
-    a, b = m[1], m[3]
-    bad = [x for x in (a, b) if x is not None and x not in EMT_METALS]
-    if bad or a == b:
-        raise ValueError(f"catalyst {name!r}: metals must be two different ones of {list(EMT_METALS)}")
-    if b is None:
-        return a, None, "A"
-    if m[4]:  # "AuCu3": the majority metal is written last
-        return b, a, "A3B"
-    return a, b, "A3B" if m[2] else "AB"
-
-
-def catalyst_elements(name: str) -> set[str]:
-    a, b, _ = parse_catalyst(name)
-    return {a} if b is None else {a, b}
 
 
 def _minority_sites(n: int, nx: int, ny: int, kind: str) -> np.ndarray:
@@ -257,12 +219,20 @@ def _relax(atoms: Any, fmax: float, max_steps: int, keep_frames: bool) -> tuple[
 
 
 @cache
-def clean_slab_energy(catalyst: str, facet: str, size: tuple[int, int, int], fmax: float,
-                      max_steps: int) -> float:
-    """EMT energy (eV) of the relaxed clean slab, cached per (catalyst, facet, size, fmax, max_steps)."""
+def relaxed_clean_slab(catalyst: str, facet: str, size: tuple[int, int, int], fmax: float,
+                       max_steps: int) -> tuple[np.ndarray, float]:
+    """Positions (float32 values) and EMT energy (eV) of the relaxed clean slab, cached per (catalyst, facet,
+    size, fmax, max_steps). Adsorbates are placed on it, as OC20 places them on relaxed slabs: an alloy slab
+    strained by Vegard's law then relaxes once here, not again in every adsorbate relaxation."""
     slab = _build_slab(catalyst, facet, size)
     _relax(slab, fmax, max_steps, keep_frames=False)
-    return float(slab.get_potential_energy())
+    return _round32(slab.positions), float(slab.get_potential_energy())
+
+
+def clean_slab_energy(catalyst: str, facet: str, size: tuple[int, int, int], fmax: float,
+                      max_steps: int) -> float:
+    """EMT energy (eV) of the relaxed clean slab (:func:`relaxed_clean_slab`), the slab reference of E_ads."""
+    return relaxed_clean_slab(catalyst, facet, size, fmax, max_steps)[1]
 
 
 def _place_adsorbate(slab: Any, name: str, rng: np.random.Generator) -> tuple[Any, str]:
@@ -360,6 +330,7 @@ def build_system(spec: SystemSpec, p: PhysicsParams) -> dict[str, Any]:
     rng = np.random.default_rng([p.seed, spec.index])
     size = tuple(p.slab_size)
     slab = _build_slab(spec.catalyst, spec.facet, size)
+    slab.positions = relaxed_clean_slab(spec.catalyst, spec.facet, size, p.fmax, p.max_steps)[0]
     slab.info["size"] = size
     n_slab = len(slab)
     atoms, site = _place_adsorbate(slab, spec.adsorbate, rng)
@@ -454,23 +425,6 @@ def plan_systems(counts: dict[str, int], catalysts: list[str], facets: list[str]
             specs.append(SystemSpec(index, split, cs[c], facets[f], ads[a]))
             index += 1
     return specs
-
-
-def check_element_coverage(catalysts: list[str], ood_catalysts: list[str], adsorbates: list[str],
-                           ood_adsorbates: list[str]) -> None:
-    """OC20's OOD splits hold compositions absent from training, never elements absent from it: refuse a
-    configuration whose held-out catalysts or adsorbates bring an element that no training system has."""
-    train_el = set().union(*(catalyst_elements(c) for c in catalysts if c not in ood_catalysts))
-    train_el |= {s for a in adsorbates if a not in ood_adsorbates for s, _ in ADSORBATES[a]}
-    for kind, names, elements_of in (
-            ("ood_alloys", ood_catalysts, catalyst_elements),
-            ("ood_adsorbates", ood_adsorbates, lambda a: {s for s, _ in ADSORBATES[a]})):
-        for name in names:
-            missing = elements_of(name) - train_el
-            if missing:
-                raise ValueError(f"{kind} entry {name!r} brings {sorted(missing)}, which no training system has: "
-                                 "OC20's OOD splits are new compositions of seen elements; add a training "
-                                 f"catalyst or adsorbate with {sorted(missing)} or hold out another one")
 
 
 def _cache_path(work_dir: Path, spec: SystemSpec, p: PhysicsParams) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +237,18 @@ def _unwrap(dataset: Any) -> tuple[Any, list[int] | None]:
         indices = sel if indices is None else [sel[i] for i in indices]
         dataset = dataset.dataset
     return dataset, indices
+
+
+def nested_subsets(n: int, fractions: Sequence[float], seed: int) -> dict[float, list[int]]:
+    """For each fraction in (0, 1), the sorted indices of ``round(fraction * n)`` (at least 1) records of a split
+    of ``n``: prefixes of one seeded permutation, so a smaller subset is inside every larger one."""
+    import numpy as np
+
+    bad = [f for f in fractions if not 0 < f < 1]
+    if bad:
+        raise ValueError(f"fractions must lie in (0, 1), got {bad}")
+    order = np.random.default_rng(seed).permutation(n)
+    return {f: sorted(int(i) for i in order[:max(1, round(f * n))]) for f in sorted(fractions)}
 
 
 def dataset_location(dataset: Any) -> str:

@@ -99,3 +99,52 @@ def draw_figures(data: dict[str, list[dict[str, Any]]], profile: str, reports: P
         plt.close(fig)
         written.append(f"figures/{name}.png")
     return written
+
+
+SCALING_METRICS = {"energy_mae": "energy MAE (eV)", "force_mae": "force MAE (eV/Å)"}
+
+
+def draw_scaling(scaling: dict[str, Any] | None, reports: Path) -> list[str]:
+    """One figure per task of the scaling stage: each model's error on ``val_id`` against its training-set size
+    (log-log), mean and 95% band over seeds (seaborn), one panel per metric; the log-log slopes in the legend."""
+    if not scaling or not scaling.get("cells"):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    rows = []
+    for e in scaling["cells"].values():
+        for frac, per_split in e["by_fraction"].items():
+            split = "val_id" if "val_id" in per_split else next(iter(per_split))
+            for metric, vals in per_split[split].items():
+                slope = e.get("loglog_slopes", {}).get(split, {}).get(metric, {}).get("slope")
+                label = display(e["model"], e["symmetry"]) + (f" (slope {slope:.2f})" if slope is not None else "")
+                rows += [{"task": e["task"], "model": label, "metric": metric, "split": split,
+                          "train_graphs": e["train_sizes"][frac], "error": v} for v in vals]
+    df = pd.DataFrame(rows)
+    folder = reports / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task, sub in df.groupby("task"):
+        metrics = [m for m in SCALING_METRICS if m in set(sub["metric"])]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            d = sub[sub["metric"] == metric]
+            sns.lineplot(data=d, x="train_graphs", y="error", hue="model", marker="o", errorbar=("ci", 95), ax=ax)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("training graphs (log)")
+            ax.set_ylabel(f"{SCALING_METRICS[metric]} on {d['split'].iloc[0]} (log)")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{task.upper()}: error against training-set size (mean and 95% band over seeds)")
+        fig.tight_layout()
+        name = f"figures/scaling_{task}.png"
+        fig.savefig(reports / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+    return written

@@ -31,7 +31,10 @@ def write_index(profile: str, figures: list[str], claims_summary: str, reports: 
         if (reports / "tables" / f"{name}.md").exists():
             lines.append(f"| [tables/{name}.md](tables/{name}.md) | {what} | {stage} |")
     for f in figures:
-        lines.append(f"| [{f}]({f}) | {'IS2RE' if 'fig2' in f else 'QM9'} Pareto plot, paper vs ours | report |")
+        what = (f"{f.split('_')[-1].removesuffix('.png').upper()}: error against training-set size (does the gap "
+                "close with data?)" if "scaling_" in f else
+                f"{'IS2RE' if 'fig2' in f else 'QM9'} Pareto plot, paper vs ours")
+        lines.append(f"| [{f}]({f}) | {what} | report |")
     lines += ["| [benchmark.md](benchmark.md) | throughput, epoch time, memory of every model and method, two graph "
               "protocols, scaling | benchmark |",
               "| [data_card.md](data_card.md) | the datasets: sizes, splits, elements, statistics, hashes | fetch |",
