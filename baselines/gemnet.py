@@ -675,10 +675,17 @@ class _GemNet(nn.Module):
                 out["forces"] = forces_from_energy(out["energy"], data.pos, self.training)
         return out
 
-    def _predict(self, data: Any) -> dict[str, Tensor]:
+    def _predict(self, data: Any, cache: dict[str, Any] | None = None) -> dict[str, Tensor]:
+        """Energies (and direct forces). ``cache``: a dict kept per batch across calls (scaling-factor fitting
+        runs every batch once per factor): the graph indices are built once and reused."""
         batch, num_graphs = graph_index(data)
         n = data.pos.shape[0]
-        g, vec, dist = self._graph(data)
+        if cache is not None and "graph" in cache:
+            g, vec, dist = cache["graph"]
+        else:
+            g, vec, dist = self._graph(data)
+            if cache is not None:
+                cache["graph"] = (g, vec, dist)
         b = self._bases(g, vec, dist)
         z = data.atomic_numbers.long() - 1
         h = self.atom_emb(z)
@@ -710,7 +717,8 @@ def fit_scaling_factors(model: nn.Module, batches: Iterable[Any]) -> dict[str, f
     forward passes (eval mode, no gradients) over ``batches`` accumulate ``mean_features(var_rows(ref)) * n`` and
     the same for the factor's output (n = output rows, unbiased variances); the factor becomes
     ``s * sqrt(var_ref / var_out)``, so the output's mean per-feature variance matches the reference's.
-    Returns ``{factor name: value}``."""
+    Each batch's graph indices are built once and kept for all factors (memory: the triplet/quadruplet index
+    lists of every batch). Returns ``{factor name: value}``."""
     batches = list(batches)
     if not batches:
         raise ValueError("fit_scaling_factors: no batches given")
@@ -720,6 +728,7 @@ def fit_scaling_factors(model: nn.Module, batches: Iterable[Any]) -> dict[str, f
     for sf in factors:
         sf.scale.fill_(1.0)
     fitted: dict[str, float] = {}
+    caches: list[dict[str, Any]] = [{} for _ in batches]  # graph indices, built once per batch
     try:
         for sf in factors:
             acc = {"in": 0.0, "out": 0.0}
@@ -733,8 +742,8 @@ def fit_scaling_factors(model: nn.Module, batches: Iterable[Any]) -> dict[str, f
 
             sf.observer = observe
             with torch.no_grad():
-                for b in batches:
-                    model._predict(b)
+                for b, cache in zip(batches, caches, strict=True):
+                    model._predict(b, cache)
             sf.observer = None
             if acc["out"] <= 0 or acc["in"] <= 0:
                 raise ValueError(f"fit_scaling_factors: {sf.name} saw no variance on the given batches "
