@@ -635,7 +635,8 @@ class _GemNet(nn.Module):
             v_db, d_db = v_e.index_select(0, e_db), d_e.index_select(0, e_db)
             cos_abd = (-(v_ba_i * v_db).sum(-1) / (d_ba_i * d_db)).clamp(-1.0, 1.0)
             rad = self.int_radial(d_ba_i)  # (S, I, R)
-            cbf4 = (rad.permute(1, 0, 2) * legendre_y_l0(cos_abd, S)[:, :, None]).reshape(d_ba_i.shape[0], -1)
+            cbf4 = (rad.permute(1, 0, 2) * legendre_y_l0(cos_abd, S)[:, :, None]).reshape(d_ba_i.shape[0],
+                                                                                 S * rad.shape[2])
             out["cbf4"] = self.mlp_cbf4(cbf4, 1.0 / nb)
             # quadruplet: radial on d_ca, Y_lm(angle cab, dihedral cab-abd)
             v_ca4 = v_e.index_select(0, g["quad_ca"])

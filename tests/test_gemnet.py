@@ -358,3 +358,19 @@ def test_training_loop_calls_prepare_once_on_a_fresh_run_only(tmp_path):
     train(SymmetryWrapper(model), records, {"val": records[:2]}, s, False, ckpt, progress=False)
     assert calls == [1]  # resumed: the checkpoint's factors are reused, not refitted
     assert prepare_model(torch.nn.Linear(1, 1), records, 2) is False  # models without the hook: nothing
+
+
+@pytest.mark.parametrize("name", ["gemnet_t", "gemnet_q"])
+def test_graphs_without_triplets_or_edges_are_handled(name):
+    """A dimer (edges, no triplets), an isolated atom and an out-of-cutoff pair in one batch: finite outputs,
+    zero energy and force where there is no edge (GemNet has no biases), the dimer as when alone."""
+    from ase import Atoms
+
+    model = tiny(name, regress_forces="direct")
+    dimer = record(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]]))
+    lone = record(Atoms("He", positions=[[0, 0, 0]]))
+    far = record(Atoms("H2", positions=[[0, 0, 0], [0, 0, 9.0]]))
+    out = model(Batch.from_data_list([dimer, lone, far]))
+    assert torch.isfinite(out["forces"]).all()
+    assert out["energy"][1:].abs().max() == 0 and out["forces"][2:].abs().max() == 0
+    torch.testing.assert_close(out["energy"][:1], model(dimer)["energy"])
