@@ -308,6 +308,13 @@ def test_unfitted_model_refuses_to_train_unless_allowed():
     gm.fit_scaling_factors(model, [data])
     assert model.training  # fitting restores the mode
     model(data)["energy"].sum().backward()
+    # a force-trained GemNet-T (-dE/dpos kept in the graph): the double backward runs through every layer
+    grad = tiny("gemnet_t", regress_forces="from_energy")
+    gm.fit_scaling_factors(grad, [data])
+    grad.train()
+    grad(data)["forces"].square().sum().backward()
+    grads = [p.grad for p in grad.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 def test_state_dict_round_trip_keeps_fitted_factors():
