@@ -230,19 +230,22 @@ class TrainResult:
     epoch_seconds: list[float]
 
 
-def prepare_model(model: nn.Module, train_set: Dataset, batch_size: int) -> bool:
+def prepare_model(model: nn.Module, train_set: Dataset | Sequence[Any], batch_size: int | None = None) -> bool:
     """The optional warm-up hook of a model: the first of ``model``, ``model.model``, ... (symmetry wrappers hold
     the model as ``.model``) with a ``prepare(train_batches)`` method gets the training batches in dataset order,
     lazily (it takes what it needs). GemNet fits its scaling factors there. Returns whether a hook ran.
 
-    The loader has its own generator, so the hook draws nothing from the global RNG streams."""
+    ``train_set`` is a dataset batched by ``batch_size``, or (``batch_size`` None) already a sequence of batches
+    (for callers that train on their own batches: timing, probes). The loader has its own generator, so the hook
+    draws nothing from the global RNG streams."""
     m: Any = model
     for _ in range(4):
         if m is None:
             break
         hook = getattr(m, "prepare", None)
         if callable(hook):
-            hook(DataLoader(train_set, batch_size=batch_size, shuffle=False,
+            hook(train_set if batch_size is None else
+                 DataLoader(train_set, batch_size=batch_size, shuffle=False,
                             generator=torch.Generator().manual_seed(0)))
             return True
         m = getattr(m, "model", None)

@@ -365,6 +365,8 @@ def test_training_loop_calls_prepare_once_on_a_fresh_run_only(tmp_path):
     train(SymmetryWrapper(model), records, {"val": records[:2]}, s, False, ckpt, progress=False)
     assert calls == [1]  # resumed: the checkpoint's factors are reused, not refitted
     assert prepare_model(torch.nn.Linear(1, 1), records, 2) is False  # models without the hook: nothing
+    other = tiny("gemnet_t")
+    assert prepare_model(SymmetryWrapper(other), [Batch.from_data_list(records[:3])]) and bool(other.scales_fitted)
 
 
 @pytest.mark.parametrize("name", ["gemnet_t", "gemnet_q"])
