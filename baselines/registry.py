@@ -126,9 +126,14 @@ def build_model(name: str, **hparams: Any) -> Any:
 
 
 def get_presets(name: str) -> dict[str, dict[str, Any]]:
-    """The module-level ``PRESETS`` of the model's module (``{"small": {...}}``: a size for a notebook or a test
+    """The class's own ``PRESETS`` attribute if it has one (a file registering several models), else the
+    module-level ``PRESETS`` of the model's module (``{"small": {...}}``: a size for a notebook or a test
     on a CPU), or {} if it has none. The pipeline's hyperparameters are params.yaml's, never these."""
-    mod = sys.modules.get(get_model_class(name).__module__)
+    cls = get_model_class(name)
+    own = cls.__dict__.get("PRESETS")  # a class's own PRESETS (several models in one file) wins
+    if own is not None:
+        return dict(own)
+    mod = sys.modules.get(cls.__module__)
     return dict(getattr(mod, "PRESETS", {}) or {})
 
 

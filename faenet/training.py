@@ -230,6 +230,28 @@ class TrainResult:
     epoch_seconds: list[float]
 
 
+def prepare_model(model: nn.Module, train_set: Dataset | Sequence[Any], batch_size: int | None = None) -> bool:
+    """The optional warm-up hook of a model: the first of ``model``, ``model.model``, ... (symmetry wrappers hold
+    the model as ``.model``) with a ``prepare(train_batches)`` method gets the training batches in dataset order,
+    lazily (it takes what it needs). GemNet fits its scaling factors there. Returns whether a hook ran.
+
+    ``train_set`` is a dataset batched by ``batch_size``, or (``batch_size`` None) already a sequence of batches
+    (for callers that train on their own batches: timing, probes). The loader has its own generator, so the hook
+    draws nothing from the global RNG streams."""
+    m: Any = model
+    for _ in range(4):
+        if m is None:
+            break
+        hook = getattr(m, "prepare", None)
+        if callable(hook):
+            hook(train_set if batch_size is None else
+                 DataLoader(train_set, batch_size=batch_size, shuffle=False,
+                            generator=torch.Generator().manual_seed(0)))
+            return True
+        m = getattr(m, "model", None)
+    return False
+
+
 def train(
     model: nn.Module,
     train_set: Dataset,
@@ -245,7 +267,8 @@ def train(
 
     ``val_sets`` maps split names to datasets; the first one drives the plateau scheduler.
     With ``checkpoint_path``, an existing compatible checkpoint is resumed and a new one is written after
-    every epoch. ``stop_after_epoch`` simulates a kill (tests).
+    every epoch. A fresh (not resumed) run first calls the model's optional ``prepare`` hook (``prepare_model``).
+    ``stop_after_epoch`` simulates a kill (tests).
     """
     check_split(model, train_set, "train")  # before anything is fitted: empty splits, Z the model lacks
     for name, val_set in val_sets.items():
@@ -279,6 +302,8 @@ def train(
         history, epoch_seconds = ckpt["history"], ckpt["epoch_seconds"]
         start_epoch, step = ckpt["epoch"], ckpt["step"]
         set_rng_state(ckpt["rng"])
+    else:
+        prepare_model(model, train_set, s.batch_size)  # a fresh run only: a checkpoint holds what it fitted
     resumed_from = start_epoch
     val_names = list(val_sets)
     t_start = time.perf_counter()
