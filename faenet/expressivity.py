@@ -58,6 +58,7 @@ from faenet.data.records import TAG_MOLECULE
 from faenet.frames import DEFAULT_DEGENERACY_TOL, compute_frames, is_degenerate, project_all
 from faenet.graph import radius_graph
 from faenet.symmetry import apply_transform, random_rotation
+from faenet.warmup import prepare_model
 
 #: Element given to the dojo's single node type (feature 0).
 DOJO_ATOMIC_NUMBER = 6
@@ -491,6 +492,8 @@ def train_pair_classifier(model_factory: Callable[[], nn.Module], pair: GraphPai
         torch.manual_seed(seed)
         if classifier is None:
             classifier = PairClassifier(model_factory(), output_key, output_dim)
+            # A model with a warm-up (GemNet's scaling factors) fits it on the pair, as on a training set.
+            prepare_model(classifier.backbone, [eval_batch])
         clf = classifier
         clf = clf.to(dtype)
         opt = torch.optim.Adam(clf.parameters(), lr=lr, fused=fused_adam or None)

@@ -192,6 +192,7 @@ def measure_training_step(model: nn.Module, batches: Sequence, needs_forces: boo
     ``median_time_s``, ``num_samples``, ``num_batches`` (and ``peak_memory`` with ``memory``).
     """
     from faenet.training import Normalizer, TrainSettings, compute_loss
+    from faenet.warmup import prepare_model
 
     if not batches:
         raise ValueError("batches is empty: give at least one batch to time")
@@ -200,7 +201,9 @@ def measure_training_step(model: nn.Module, batches: Sequence, needs_forces: boo
     settings = TrainSettings(force_coef=1.0 if needs_forces else 0.0, energy_grad_coef=energy_grad_coef,
                              lr=1e-4, grad_clip=10.0, seed=seed)
     norm = Normalizer()
-    net = copy.deepcopy(model).train()
+    net = copy.deepcopy(model)
+    prepare_model(net, list(batches))  # a warm-up hook (GemNet's scaling factors) fits on these batches, untimed
+    net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=settings.lr)
     num_samples = sum(int(b.num_graphs) for b in batches)
 

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from faenet.checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from faenet.data.dataset import check_split
 from faenet.metrics import energy_mae, energy_within_threshold, force_mae
+from faenet.warmup import prepare_model
 
 
 @dataclass(frozen=True)
@@ -228,28 +229,6 @@ class TrainResult:
     train_seconds: float
     resumed_from_epoch: int
     epoch_seconds: list[float]
-
-
-def prepare_model(model: nn.Module, train_set: Dataset | Sequence[Any], batch_size: int | None = None) -> bool:
-    """The optional warm-up hook of a model: the first of ``model``, ``model.model``, ... (symmetry wrappers hold
-    the model as ``.model``) with a ``prepare(train_batches)`` method gets the training batches in dataset order,
-    lazily (it takes what it needs). GemNet fits its scaling factors there. Returns whether a hook ran.
-
-    ``train_set`` is a dataset batched by ``batch_size``, or (``batch_size`` None) already a sequence of batches
-    (for callers that train on their own batches: timing, probes). The loader has its own generator, so the hook
-    draws nothing from the global RNG streams."""
-    m: Any = model
-    for _ in range(4):
-        if m is None:
-            break
-        hook = getattr(m, "prepare", None)
-        if callable(hook):
-            hook(train_set if batch_size is None else
-                 DataLoader(train_set, batch_size=batch_size, shuffle=False,
-                            generator=torch.Generator().manual_seed(0)))
-            return True
-        m = getattr(m, "model", None)
-    return False
 
 
 def train(

@@ -114,8 +114,8 @@ def test_hand_written_cells():
                           "regress_forces": "direct_with_gradient_target"}
     s = rc.settings(1)
     assert (s.epochs, s.batch_size, s.lr, s.warmup_steps, s.force_coef, s.energy_grad_coef, s.seed) == (
-        8, 16, 0.001, 50, 30.0, 5.0, 1)
-    assert (rc.rewiring, rc.frame_dim, rc.seeds) == ("none", 2, (0, 1))
+        3, 16, 0.001, 30, 30.0, 5.0, 1)
+    assert (rc.rewiring, rc.frame_dim, rc.seeds) == ("none", 2, (0, 1, 2))
 
     rc = resolve_cell(default, "faenet", "qm7x", "sfa")
     assert rc.hparams["tag_hidden_channels"] == 0 and rc.hparams["cutoff"] == 5.0
@@ -124,16 +124,17 @@ def test_hand_written_cells():
     assert rc.settings(0).energy_grad_coef == 15.0 and rc.settings(0).element_shift is True
 
     rc = resolve_cell(default, "dimenet_pp", "s2ef", "none")
-    assert rc.force_mode == "from_energy" and rc.seeds == (0,) and rc.hparams["detach_angles"] is True
+    assert rc.force_mode == "from_energy" and rc.seeds == (0, 1, 2) and rc.hparams["detach_angles"] is True
+    assert rc.hparams["cutoff"] == 5.0
 
     rc = resolve_cell(default, "faenet", "qm9", "sfa")
-    assert rc.targets == ("mu", "alpha", "homo", "lumo", "gap") and rc.seeds == (0,) and rc.force_mode == ""
+    assert rc.targets == ("mu", "homo", "gap") and rc.seeds == (0, 1, 2) and rc.force_mode == ""
     assert rc.eval_splits == ("val", "test")
 
     assert resolve_cell(_params("smoke"), "schnet", "qm7x", "none").force_mode == "from_energy"
     paper = resolve_cell(_params("paper"), "faenet", "is2re", "sfa")
     assert paper.rewiring == "remove-tag-0" and paper.hparams["hidden_channels"] == 384
-    assert paper.settings(2).epochs == 12 and paper.seeds == (0, 1, 2)
+    assert paper.settings(2).epochs == 12 and paper.seeds == (0, 1, 2, 3, 4)
     # The paper profile at the default profile's request (the benchmark's paper hparams).
     assert resolve_cell(default, "faenet", "is2re", "sfa", profile="paper").hparams == paper.hparams
 
@@ -141,8 +142,8 @@ def test_hand_written_cells():
     assert spec.name == "faenet-is2re-sfa-seed1" and spec.tags == {
         **PROVENANCE, "dvc_stage": "train@faenet-is2re-sfa", "dataset_hash": "abc", "profile": "default",
         "params_hash": spec.tags["params_hash"], "cell": "faenet-is2re-sfa"}
-    assert spec.run_params["model.hidden_channels"] == 96 and spec.run_params["train.epochs"] == 20
-    assert spec.run_params["data.n_systems"] == 1200 and spec.config["target"] == "energy"
+    assert spec.run_params["model.hidden_channels"] == 96 and spec.run_params["train.epochs"] == 8
+    assert spec.run_params["data.n_systems"] == 900 and spec.config["target"] == "energy"
 
 
 def test_ablation_variants_are_documented_departures():
