@@ -90,7 +90,8 @@ def loglog_slope(sizes: dict[str, int], by_fraction: dict[str, dict[str, dict[st
     if len(set(xs)) < 2:
         return None
     iv = slope_interval(xs, ys)
-    return {"slope": iv.value, "low": iv.low, "high": iv.high, "n_points": len(xs)}
+    return {"slope": iv.value, "low": iv.low if iv.defined else None, "high": iv.high if iv.defined else None,
+            "n_points": len(xs)}
 
 
 def _main(params: Params) -> int:
