@@ -7,10 +7,16 @@ built with, and the training ``Normalizer``; ``ModelCalculator.from_checkpoint(p
 written by the train stage (weights-only, ``faenet.checkpoint``). The cell-name convenience lives in
 ``pipeline/calculator.py`` (this module knows nothing of the pipeline).
 
-On every call the record is rebuilt from the ``Atoms`` exactly as the datasets build theirs
-(``faenet.data.records``): positions, Z, the radius graph with periodic images (``faenet.graph.radius_graph`` at
-the data cutoff and neighbour cap), cell and pbc, OC20 tags and ``fixed``; then the training rewiring
-(``remove-tag-0``: the model sees no sub-surface atom; their forces are returned as 0).
+On every call the record is rebuilt from the ``Atoms`` as the datasets build theirs (``faenet.data.records``):
+positions, Z, the radius graph with periodic images (``faenet.graph.radius_graph`` at the data cutoff and
+neighbour cap; for periodic cells found on wrapped positions and expressed for the positions as given,
+:func:`periodic_graph`), cell and pbc, OC20 tags and ``fixed``; then the training rewiring (``remove-tag-0``: the
+model sees no sub-surface atom; their forces are returned as 0).
+
+Continuity: the neighbour cap keeps the nearest ``max_num_neighbors`` with ties broken by index. In small cells
+(the embedded 2x2 slabs) periodic images tie exactly in distance, so a capped graph switches edges under any
+move and the potential jumps; no model here has a smooth cutoff envelope either, so an edge crossing the
+cutoff is a jump too. Both are properties of the trained models' inputs, which the calculator reproduces.
 
 Tags (periodic systems): ``atoms.get_tags()`` when any is non-zero; otherwise atoms held by a ``FixAtoms``
 constraint get tag 0 (sub-surface), ``adsorbate_indices`` tag 2 and every other atom tag 1 (surface). OC20 fixes
@@ -123,6 +129,21 @@ def fixed_mask(atoms: Any) -> np.ndarray:
     return mask
 
 
+def periodic_graph(pos: Tensor, cell: Tensor, pbc: Tensor, cutoff: float, max_num_neighbors: int
+                   ) -> tuple[Tensor, Tensor]:
+    """``radius_graph`` of positions that may lie outside the cell (MD never wraps them): edges are found on
+    the positions wrapped into the cell along the periodic directions (``radius_graph`` enumerates the images
+    a wrapped cell needs), then each offset is shifted by the wrap of its two atoms, so that
+    ``pos[j] + offsets @ cell - pos[i]`` is the same vector for the positions as given. The model thus sees
+    the unwrapped positions (no jump when an atom crosses a cell face) on a complete graph."""
+    frac = torch.linalg.solve(cell.T, pos.T).T  # pos = frac @ cell
+    shift = torch.where(pbc.reshape(1, 3), torch.floor(frac), torch.zeros_like(frac))
+    edge_index, offsets = radius_graph(pos - shift @ cell, cutoff, max_num_neighbors, cell, pbc)
+    n = shift.long()
+    j, i = edge_index
+    return edge_index, offsets - n[j] + n[i]
+
+
 class ModelCalculator(Calculator):
     """ASE calculator for a trained model (module docstring for tags, forces modes and frame policies).
 
@@ -231,8 +252,11 @@ class ModelCalculator(Calculator):
         if not periodic:
             cell = torch.zeros(1, 3, 3, dtype=self.dtype)
         pbc = torch.tensor(np.asarray(atoms.pbc, dtype=bool)).reshape(1, 3)
-        edge_index, offsets = radius_graph(pos.detach().double(), self.cutoff, self.max_num_neighbors,
-                                           cell[0].double() if periodic else None, pbc[0])
+        if periodic:
+            edge_index, offsets = periodic_graph(pos.detach().double(), cell[0].double(), pbc[0], self.cutoff,
+                                                 self.max_num_neighbors)
+        else:
+            edge_index, offsets = radius_graph(pos.detach().double(), self.cutoff, self.max_num_neighbors)
         tags = torch.from_numpy(atoms_tags(atoms, self.adsorbate_indices))
         data = Data(pos=pos, atomic_numbers=torch.tensor(atoms.numbers, dtype=torch.long), natoms=n, tags=tags,
                     fixed=torch.from_numpy(fixed_mask(atoms).astype(np.int64)), cell=cell, pbc=pbc,

@@ -1,7 +1,7 @@
 """Simulation with any ASE calculator: NVE molecular dynamics, its energy drift and stability, the Jacobian
 asymmetry of a force field, and geometry optimisation. Plain arguments in, dataclasses out.
 
-- :func:`run_nve`: velocity Verlet (``ase.md.verlet.VelocityVerlet``) from Maxwell-Boltzmann velocities drawn with
+- :func:`run_nve`: velocity Verlet (``ase.md.verlet.VelocityVerlet``) from Maxwell-Boltzmann momenta drawn with
   a seeded ``numpy`` generator (``Stationary``: no centre-of-mass drift), recording ``Epot + Ekin`` every
   ``interval`` steps at full precision (ASE's ``MDLogger`` rounds to 4 decimals, too coarse for a drift fit).
 - Drift (:func:`energy_drift`): the slope of a least-squares line through total energy per atom against time,
@@ -98,7 +98,7 @@ def run_nve(atoms: Any, calc: Any, steps: int, timestep_fs: float, temperature_K
             max_temperature: float = MAX_TEMPERATURE) -> NVEResult:
     """NVE velocity Verlet of a copy of ``atoms`` with ``calc`` (module docstring); stops at collapse."""
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md import velocitydistribution as vd
     from ase.md.verlet import VelocityVerlet
 
     if steps < 1 or interval < 1 or timestep_fs <= 0 or temperature_K < 0:
@@ -106,8 +106,10 @@ def run_nve(atoms: Any, calc: Any, steps: int, timestep_fs: float, temperature_K
                          f"{interval}, {timestep_fs}, {temperature_K}")
     atoms = atoms.copy()
     atoms.calc = calc
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
-    Stationary(atoms)
+    # Maxwell-Boltzmann momenta; ASE 3.29 renamed MaxwellBoltzmannDistribution (now deprecated) to this.
+    draw = getattr(vd, "thermalize_momenta", None) or vd.MaxwellBoltzmannDistribution
+    draw(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
+    vd.Stationary(atoms)
     bonds = bond_pairs(atoms)
     cell = np.asarray(atoms.cell.array)
     ref = bond_lengths(atoms.positions, cell, bonds)
