@@ -168,9 +168,11 @@ class RelaxResult:
     steps: int
     energy: float  # eV, final
     fmax: float  # eV/Å, largest force norm on a free atom at the end
+    atoms: Any = None  # the relaxed copy (``return_atoms``), its calculator detached
 
 
-def relax(atoms: Any, calc: Any, fmax: float = 0.05, steps: int = 200, optimizer: str = "BFGS") -> RelaxResult:
+def relax(atoms: Any, calc: Any, fmax: float = 0.05, steps: int = 200, optimizer: str = "BFGS",
+          return_atoms: bool = False) -> RelaxResult:
     """Relax a copy of ``atoms`` with ``calc`` by BFGS or FIRE to ``fmax`` (eV/Å) within ``steps``."""
     from ase.optimize import BFGS, FIRE
 
@@ -182,5 +184,9 @@ def relax(atoms: Any, calc: Any, fmax: float = 0.05, steps: int = 200, optimizer
     opt = opts[optimizer](atoms, logfile=None)
     converged = bool(opt.run(fmax=fmax, steps=steps))
     f = atoms.get_forces()  # constraints applied: fixed atoms report zero
-    return RelaxResult(converged=converged, steps=int(opt.nsteps), energy=float(atoms.get_potential_energy()),
-                       fmax=float(np.linalg.norm(f, axis=1).max()) if len(f) else 0.0)
+    energy = float(atoms.get_potential_energy())
+    final = None
+    if return_atoms:
+        final = atoms.copy()  # Atoms.copy drops the calculator
+    return RelaxResult(converged=converged, steps=int(opt.nsteps), energy=energy,
+                       fmax=float(np.linalg.norm(f, axis=1).max()) if len(f) else 0.0, atoms=final)

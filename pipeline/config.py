@@ -444,6 +444,8 @@ class SimulateConfig(Strict):
     only beyond "full"); ``steps`` of ``slab_timestep_fs`` / ``molecule_timestep_fs`` (H atoms: shorter) from
     Maxwell-Boltzmann velocities at ``temperature_K`` (``seed``), energies recorded every ``interval`` steps;
     ``jacobian``: compute the Jacobian asymmetry of each (cell, force mode) at the first structure.
+    ``relax_structures``: BFGS relaxations (to ``relax_fmax`` eV/Å within ``relax_steps``) of the first IS2RE
+    ``val_id`` initial structures with each S2EF cell and force mode (Full FA) and with EMT; 0 = none.
     """
 
     cells: list[str] = Field(default_factory=lambda: ["faenet-s2ef-sfa", "faenet-qm7x-sfa", "schnet-qm7x-none",
@@ -461,6 +463,9 @@ class SimulateConfig(Strict):
     seed: NonNegInt = 0
     jacobian: bool = True
     reference: bool = True
+    relax_structures: NonNegInt = 0
+    relax_fmax: PositiveFloat = 0.05
+    relax_steps: PositiveInt = 100
     threads: PositiveInt = 1
 
 

@@ -53,7 +53,8 @@ def record_to_atoms(rec: Any):
 
 
 def structures(data_dir: Path, task: str, n: int) -> list[tuple[str, Any]]:
-    """``(label, Atoms)`` of the first ``n`` systems of ``data/<task>/val_id.lmdb`` (S2EF: last frame each)."""
+    """``(label, Atoms)`` of the first ``n`` systems of ``data/<task>/val_id.lmdb`` (S2EF: last frame each;
+    IS2RE: initial structures)."""
     from faenet.data.dataset import GraphDataset
 
     path = data_dir / task / "val_id.lmdb"
@@ -145,7 +146,47 @@ def run_stage(params: Params, data_dir: Path = DATA, models: Path | None = None)
                 fn, keep = calc.force_fn(systems[task][0][1], create_graph=True)
                 pos = torch.tensor(systems[task][0][1].positions[keep.numpy()], dtype=calc.dtype)
                 jac[f"{cell}/{forces}"] = jacobian_asymmetry(fn, pos)
-    return {"runs": runs, "jacobian": jac, "config": cfg.model_dump(mode="json")}
+    relaxations = _relaxations(params, cfg, data_dir, models or MODELS, cells) if cfg.relax_structures else []
+    return {"runs": runs, "jacobian": jac, "relaxations": relaxations, "config": cfg.model_dump(mode="json")}
+
+
+def _relaxations(params: Params, cfg: SimulateConfig, data_dir: Path, models: Path,
+                 cells: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
+    """BFGS from IS2RE initial structures with every S2EF cell and force mode (Full FA) and with EMT. The error
+    is EMT's energy of the model-relaxed structure minus EMT's energy of the EMT-relaxed one (eV): free of the
+    models' energy referencing, >= 0 up to the optimiser tolerance when the model's minimum is EMT's."""
+    from faenet.simulation import relax
+    from pipeline.calculator import cell_calculator
+    from pipeline.resolve import force_mode
+
+    def emt_energy(atoms: Any) -> float:
+        a = atoms.copy()
+        a.calc = reference_calculator("s2ef")
+        return float(a.get_potential_energy())
+
+    out = []
+    systems = structures(data_dir, "is2re", cfg.relax_structures)
+    emt = {label: relax(atoms, reference_calculator("s2ef"), cfg.relax_fmax, cfg.relax_steps, return_atoms=True)
+           for label, atoms in systems}
+    for label, _ in systems:
+        r = emt[label]
+        out.append({"cell": "reference-s2ef", "forces": "reference", "structure": label,
+                    "converged": r.converged, "steps": r.steps, "energy": r.energy, "emt_energy_error": 0.0})
+    for model, task, symmetry in cells:
+        if task != "s2ef":
+            continue
+        cell = cell_name(model, task, symmetry)
+        for forces, policy in run_plan(force_mode(params, model, task), symmetry, cfg):
+            if policy not in (None, "full"):
+                continue
+            calc = cell_calculator(params, cell, run_seed=params.active.train.seeds_for(model, task)[0],
+                                   models=models, forces=forces, frame_policy=policy)
+            for label, atoms in systems:
+                r = relax(atoms, calc, cfg.relax_fmax, cfg.relax_steps, return_atoms=True)
+                out.append({"cell": cell, "forces": forces, "structure": label, "converged": r.converged,
+                            "steps": r.steps, "energy": r.energy,
+                            "emt_energy_error": emt_energy(r.atoms) - emt[label].energy})
+    return out
 
 
 def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -183,7 +224,11 @@ def write_outputs(result: dict[str, Any], seconds: float, tables: Path = TABLES,
                                                                     else ""):
                                    {"drift_mev_atom_ps": round(r["drift_mev_atom_ps"], 4),
                                     "stable_fraction": r["stable_fraction"],
-                                    "jacobian_asymmetry": r["jacobian_asymmetry"]} for r in rows}})
+                                    "jacobian_asymmetry": r["jacobian_asymmetry"]} for r in rows},
+                          "relax": {f"{c}/{f}": {"converged_fraction": float(np.mean([r["converged"] for r in rs])),
+                                                 "emt_energy_error": float(np.mean([r["emt_energy_error"]
+                                                                                    for r in rs]))}
+                                    for c, f, rs in _relax_groups(result.get("relaxations", []))}})
     header = ["task", "cell", "forces", "frame policy", "runs", "steps x dt (fs)", "drift (meV/atom/ps)",
               "max abs dE (meV/atom)", "stable", "max bond dev (Å)", "Jacobian asymmetry λ"]
     md_rows = [[r["task"], r["cell"], r["forces"], r["frame_policy"] or "-", str(r["n"]),
@@ -202,9 +247,21 @@ def write_outputs(result: dict[str, Any], seconds: float, tables: Path = TABLES,
              "frame policy (FA cells): full = average over all frames; redraw = a new SFA frame every step "
              "(stochastic potential).",
              f"stage time {seconds:.1f} s."]
+    for cell, forces, rs in _relax_groups(result.get("relaxations", [])):
+        steps = np.mean([r["steps"] for r in rs])
+        notes.append(f"relaxation (BFGS, IS2RE initial structures) {cell} {forces}: converged "
+                     f"{sum(r['converged'] for r in rs)}/{len(rs)}, mean steps {steps:.0f}, "
+                     f"mean EMT-energy error {np.mean([r['emt_energy_error'] for r in rs]):.3f} eV")
     write_table("simulate", "NVE stability of direct vs conservative forces (beyond the paper)", header, md_rows,
                 rows, notes, folder=tables)
     _figure(result, figure)
+
+
+def _relax_groups(relaxations: list[dict[str, Any]]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in relaxations:
+        groups.setdefault((r["cell"], r["forces"]), []).append(r)
+    return [(c, f, rs) for (c, f), rs in groups.items()]
 
 
 def _figure(result: dict[str, Any], path: Path) -> None:
