@@ -52,6 +52,14 @@ Default: the model's own mode (direct if it has a force head, else from_energy).
 ``none`` and ``da`` models (DA is a training-time augmentation: the model is evaluated as is) take no frame;
 asking them for ``redraw`` or ``fixed`` is an error.
 
+Example::
+
+    calc = ModelCalculator.from_checkpoint("models/faenet-s2ef-sfa/seed0.pt", cutoff=6.0, max_num_neighbors=30,
+                                           build_model=baselines.registry.build_model, forces="from_energy")
+    atoms.calc = calc  # then atoms.get_potential_energy(), ase.md.verlet.VelocityVerlet(atoms, ...), BFGS(atoms)
+
+(``pipeline.calculator.cell_calculator(params, "faenet-s2ef-sfa")`` does the same from a cell name.)
+
 Evaluation runs in eval mode, in ``dtype`` (default float64: energy conservation is measured to ~1e-6 eV, below
 float32 rounding of total energies) on a deep copy of the model, so the caller's model is not changed.
 """

@@ -42,5 +42,6 @@ def cell_calculator(params: Params, cell: str, run_seed: int = 0, models: Path =
     path = checkpoint_of(cell, run_seed, models)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: train the cell first (`dvc repro train@{cell}`)")
+    # kwargs may override the data's graph settings (e.g. max_num_neighbors: a cap ties in small periodic cells)
     return ModelCalculator.from_checkpoint(path, frame_dim=rc.frame_dim, build_model=build_model,
-                                           **graph_settings(params, c.dataset), **kwargs)
+                                           **{**graph_settings(params, c.dataset), **kwargs})

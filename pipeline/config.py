@@ -444,6 +444,10 @@ class SimulateConfig(Strict):
     only beyond "full"); ``steps`` of ``slab_timestep_fs`` / ``molecule_timestep_fs`` (H atoms: shorter) from
     Maxwell-Boltzmann velocities at ``temperature_K`` (``seed``), energies recorded every ``interval`` steps;
     ``jacobian``: compute the Jacobian asymmetry of each (cell, force mode) at the first structure.
+    ``max_num_neighbors``: the calculators' neighbour cap (None: the data's, as the models were trained). In
+    the embedded 2x2 slabs periodic images tie in distance, so the data's cap (30) switches edges under any
+    move and the potential jumps (finite differences of 1e3 eV/Å measured); a large cap removes the jumps at
+    the price of graphs the models were not trained on.
     ``relax_structures``: BFGS relaxations (to ``relax_fmax`` eV/Å within ``relax_steps``) of the first IS2RE
     ``val_id`` initial structures with each S2EF cell and force mode (Full FA) and with EMT; 0 = none.
     """
@@ -463,6 +467,7 @@ class SimulateConfig(Strict):
     seed: NonNegInt = 0
     jacobian: bool = True
     reference: bool = True
+    max_num_neighbors: PositiveInt | None = None
     relax_structures: NonNegInt = 0
     relax_fmax: PositiveFloat = 0.05
     relax_steps: PositiveInt = 100

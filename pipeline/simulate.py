@@ -101,6 +101,10 @@ def selected_cells(params: Params, cfg: SimulateConfig) -> list[tuple[str, str, 
             and any(fnmatch.fnmatchcase(cell_name(*c), p) for p in cfg.cells)]
 
 
+def _graph_override(cfg: SimulateConfig) -> dict[str, Any]:
+    return {} if cfg.max_num_neighbors is None else {"max_num_neighbors": cfg.max_num_neighbors}
+
+
 def _run(atoms: Any, calc: Any, task: str, cfg: SimulateConfig) -> dict[str, Any]:
     from faenet.simulation import run_nve
 
@@ -138,7 +142,8 @@ def run_stage(params: Params, data_dir: Path = DATA, models: Path | None = None)
         cell = cell_name(model, task, symmetry)
         for forces, policy in run_plan(force_mode(params, model, task), symmetry, cfg):
             calc = cell_calculator(params, cell, run_seed=params.active.train.seeds_for(model, task)[0],
-                                   models=models or MODELS, forces=forces, frame_policy=policy, seed=cfg.seed)
+                                   models=models or MODELS, forces=forces, frame_policy=policy, seed=cfg.seed,
+                                   **_graph_override(cfg))
             for label, atoms in systems[task]:
                 runs.append({"task": task, "cell": cell, "forces": forces, "frame_policy": policy,
                              "structure": label, **_run(atoms, calc, task, cfg)})
@@ -180,7 +185,7 @@ def _relaxations(params: Params, cfg: SimulateConfig, data_dir: Path, models: Pa
             if policy not in (None, "full"):
                 continue
             calc = cell_calculator(params, cell, run_seed=params.active.train.seeds_for(model, task)[0],
-                                   models=models, forces=forces, frame_policy=policy)
+                                   models=models, forces=forces, frame_policy=policy, **_graph_override(cfg))
             for label, atoms in systems:
                 r = relax(atoms, calc, cfg.relax_fmax, cfg.relax_steps, return_atoms=True)
                 out.append({"cell": cell, "forces": forces, "structure": label, "converged": r.converged,

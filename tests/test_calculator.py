@@ -219,3 +219,26 @@ def test_every_baseline_through_the_calculator():
             batch = Batch.from_data_list([_batch(atoms)])
             own = copy.deepcopy(model).double().eval()(batch)["forces"].detach().numpy()
             np.testing.assert_allclose(f, own, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method,dim", [("full", 3), ("sfa", 3), ("se3-full", 2), ("sfa", 2)])
+def test_differentiable_frames_change_no_value(method, dim):
+    """The calculator's differentiable frames give the same outputs, bit for bit, as the training wrapper's."""
+    from faenet.frames import compute_frames
+
+    atoms = _molecule()
+    pos = torch.tensor(atoms.positions)
+    batch = torch.zeros(len(atoms), dtype=torch.long)
+    a = compute_frames(pos, batch, 1, dim)
+    b = compute_frames(pos.clone().requires_grad_(True), batch, 1, dim, differentiable=True)
+    for name in ("centroid", "rotations", "eigenvalues", "eigengap", "signs"):
+        assert torch.equal(getattr(a, name), getattr(b, name).detach()), name
+    net = copy.deepcopy(_net()).double().eval()
+    data = Batch.from_data_list([_batch(atoms)])
+    outs = []
+    for diff in (False, True):
+        w = SymmetryWrapper(net, method, frame_dim=dim, generator=torch.Generator().manual_seed(1),
+                            differentiable_frames=diff).eval()
+        with torch.no_grad():
+            outs.append(w(data))
+    assert torch.equal(outs[0]["energy"], outs[1]["energy"]) and torch.equal(outs[0]["forces"], outs[1]["forces"])
