@@ -9,7 +9,7 @@ labels (EMT for slabs, GFN2-xTB via tblite for molecules) on the same structures
 al.'s Jacobian asymmetry at the first structure.
 
 Outputs: ``results/simulate.json`` (every run, with its recorded energies), ``metrics/simulate.json`` (headline),
-``reports/tables/simulate.md``/``.csv`` and ``reports/figures/simulate_energy.png`` (total energy per atom
+``reports/tables/simulate.md``/``.csv`` and ``reports/simulate_energy.png`` (total energy per atom
 against time, one panel per task). The report stage does not read them; ``reports/tables/simulate.md`` is this
 stage's report. Nothing is logged to MLflow (no training happens here).
 """
@@ -31,7 +31,7 @@ DATA = ROOT / "data"
 RESULTS = ROOT / "results" / "simulate.json"
 HEADLINE = ROOT / "metrics" / "simulate.json"
 TABLES = ROOT / "reports" / "tables"
-FIGURE = ROOT / "reports" / "figures" / "simulate_energy.png"
+FIGURE = ROOT / "reports" / "simulate_energy.png"  # reports/figures is the report stage's output
 _DIRECT_HEADS = ("direct", "direct_with_gradient_target")
 _FA = ("sfa", "full", "se3-sfa", "se3-full")
 
