@@ -126,12 +126,16 @@ def _sign_table(dim: int, device: torch.device) -> Tensor:
     return torch.tensor(list(itertools.product([1.0, -1.0], repeat=dim)), dtype=torch.float64, device=device)
 
 
-def compute_frames(pos: Tensor, batch: Tensor, num_graphs: int, dim: int = 3, se3: bool = False) -> Frames:
+def compute_frames(pos: Tensor, batch: Tensor, num_graphs: int, dim: int = 3, se3: bool = False,
+                   differentiable: bool = False) -> Frames:
     """PCA frames of every graph (Eq. (2)); no Python loop over graphs.
 
     ``pos`` (N, 3), ``batch`` (N,) graph index of each atom. Frames are computed from ``pos.detach()``:
     d(frame)/d(pos) is ignored (FA treats the frame as a function of the input, not a learnable map).
-    Linear algebra runs in float64; outputs take ``pos.dtype``.
+    ``differentiable=True`` keeps ``pos`` in the autograd graph instead (same values): the centroid and the
+    eigenvectors (``eigh``'s backward, defined for distinct eigenvalues) then carry d(frame)/d(pos), so
+    ``-d/dpos`` of a frame-averaged energy is its exact gradient (``faenet.calculator``; the column signs are
+    piecewise constant and carry none). Linear algebra runs in float64; outputs take ``pos.dtype``.
     """
     _check_dim(dim)
     if pos.dim() != 2 or pos.shape[1] != 3:
@@ -141,7 +145,7 @@ def compute_frames(pos: Tensor, batch: Tensor, num_graphs: int, dim: int = 3, se
     if num_graphs < 1:
         raise ValueError(f"num_graphs must be >= 1, got {num_graphs}")
     dev = pos.device
-    p = pos.detach().to(torch.float64)[:, :dim]
+    p = (pos if differentiable else pos.detach()).to(torch.float64)[:, :dim]
     count = torch.bincount(batch, minlength=num_graphs).clamp(min=1).to(torch.float64)
     centre = torch.zeros(num_graphs, dim, dtype=torch.float64, device=dev).index_add_(0, batch, p)
     centre = centre / count[:, None]
@@ -165,7 +169,7 @@ def compute_frames(pos: Tensor, batch: Tensor, num_graphs: int, dim: int = 3, se
     v = evecs[:, None, :, :] * signs[:, :, None, :]  # (B, F, dim, dim): column k scaled by s_k
     n_f = v.shape[1]
     rot = torch.eye(3, dtype=torch.float64, device=dev).repeat(num_graphs, n_f, 1, 1)
-    rot[:, :, :dim, :dim] = v
+    rot[:, :, :dim, :dim] = v  # an in-place slice copy: autograd records it (CopySlices) when differentiable
     centroid = torch.zeros(num_graphs, 3, dtype=torch.float64, device=dev)
     centroid[:, :dim] = centre
     dt = pos.dtype

@@ -206,10 +206,14 @@ class SymmetryWrapper(nn.Module):
 
     ``frame_dim``: 2 for slabs (frames/rotations about z only, OC20) or 3 for molecules.
     ``generator``: optional torch Generator for the frame / rotation draws (default: torch's global RNG).
+    ``differentiable_frames``: keep d(frame)/d(pos) in the autograd graph (``compute_frames(differentiable=
+    True)``; same outputs), so that autograd through the wrapper gives the exact gradient of its energy
+    (``faenet.calculator``). Off by default: training and evaluation treat the frame as a constant.
     """
 
     def __init__(self, model: nn.Module, method: str = "none", frame_dim: int = 3,
-                 generator: torch.Generator | None = None, da_reflect: bool = True) -> None:
+                 generator: torch.Generator | None = None, da_reflect: bool = True,
+                 differentiable_frames: bool = False) -> None:
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"unknown symmetry method {method!r}; allowed: {', '.join(METHODS)}")
@@ -221,6 +225,7 @@ class SymmetryWrapper(nn.Module):
         self.generator = generator
         self.da_reflect = da_reflect
         self.se3 = method.startswith("se3-")
+        self.differentiable_frames = differentiable_frames
 
     @property
     def regress_forces(self) -> str:
@@ -251,7 +256,8 @@ class SymmetryWrapper(nn.Module):
                                 data.pos.device)
             out = self.model(apply_transform(data, q))
             return _map_back(out, q, batch)
-        frames = compute_frames(data.pos, batch, b, self.frame_dim, self.se3)
+        frames = compute_frames(data.pos, batch, b, self.frame_dim, self.se3,
+                                differentiable=getattr(self, "differentiable_frames", False))
         cell = getattr(data, "cell", None)
         if m.endswith("sfa"):
             pos_f, cell_f, rot = project(data.pos, cell, batch, frames, self.draw_frames(b, batch.device))

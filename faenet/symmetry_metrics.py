@@ -343,3 +343,67 @@ def mean_std(runs: Sequence[Mapping[str, float]], ddof: int = 0) -> dict[str, tu
         std = float(vals.std(correction=ddof)) if vals.numel() > ddof else math.nan
         out[k] = (float(vals.mean()), std)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Wrap-I: periodic-image invariance (beyond the paper)
+# ----------------------------------------------------------------------------------------------------------
+
+def lattice_move(data, shifts: Tensor):
+    """A copy of ``data`` with atom a moved by the lattice vector ``shifts[a] @ cell`` (integer (N, 3)) and
+    ``cell_offsets`` changed by ``-shifts[j] + shifts[i]``, so every edge vector (hence the crystal) is the same:
+    another description of the identical periodic structure. The input is not modified."""
+    batch = _batch_vector(data)
+    shifts = shifts.to(device=data.pos.device, dtype=torch.long)
+    if shifts.shape != data.pos.shape:
+        raise ValueError(f"shifts must have shape {tuple(data.pos.shape)}, got {tuple(shifts.shape)}")
+    cell = data.cell.reshape(-1, 3, 3).to(data.pos.dtype)
+    out = data.clone()
+    out.pos = data.pos + torch.einsum("ni,nij->nj", shifts.to(data.pos.dtype), cell[batch])
+    j, i = data.edge_index
+    out.cell_offsets = data.cell_offsets - shifts[j] + shifts[i]
+    return out
+
+
+def wrap_moves(data, generator: torch.Generator | None = None, max_offset: int = 2
+               ) -> tuple[object, object]:
+    """Two descriptions of each periodic structure of ``data``: (a) random integer offsets in
+    ``[-max_offset, max_offset]`` per atom along its graph's periodic directions; (b) a uniform random
+    translation within the cell along the periodic directions, then every atom wrapped back into the cell."""
+    batch = _batch_vector(data)
+    n_g = _num_graphs(data, batch)
+    pbc = data.pbc.reshape(n_g, 3).to(torch.bool)[batch]
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    rand = torch.randint(-max_offset, max_offset + 1, tuple(data.pos.shape), generator=generator, device=gdev)
+    offsets = lattice_move(data, torch.where(pbc, rand.to(pbc.device), 0))
+    cell = data.cell.reshape(-1, 3, 3).to(torch.float64)
+    frac_t = torch.rand(n_g, 3, generator=generator, device=gdev, dtype=torch.float64).to(cell.device)
+    frac_t = torch.where(data.pbc.reshape(n_g, 3).to(torch.bool), frac_t, 0.0)
+    t = torch.einsum("bi,bij->bj", frac_t, cell)  # in the periodic directions only
+    moved = data.clone()
+    moved.pos = (data.pos.to(torch.float64) + t[batch]).to(data.pos.dtype)
+    frac = torch.linalg.solve(cell[batch].transpose(1, 2), moved.pos.to(torch.float64).unsqueeze(-1)).squeeze(-1)
+    wrap = torch.where(pbc, -torch.floor(frac), 0.0).long()
+    return offsets, lattice_move(moved, wrap)
+
+
+@torch.no_grad()
+def wrap_invariance(predict: Callable, batches: Iterable, *, n_transforms: int,
+                    generator: torch.Generator | None = None, max_offset: int = 2,
+                    energy_scale: float = 1000.0) -> dict[str, float]:
+    """Wrap-I (meV with ``energy_scale=1000``): mean |E(x) - E(x')| over graphs and ``n_transforms`` draws,
+    for x' = x with atoms moved by random lattice vectors (``wrap_i_offsets``) and x translated in the cell
+    plane then wrapped (``wrap_i_translate``) (:func:`wrap_moves`). Exactly 0 for a model that reads positions
+    only through edge vectors; PCA frames of the stored positions change under both moves, so FA need not be."""
+    sums = {"wrap_i_offsets": 0.0, "wrap_i_translate": 0.0}
+    count = 0
+    for data in batches:
+        e0 = predict(data)["energy"].reshape(-1).to(torch.float64)
+        for _ in range(n_transforms):
+            a, b = wrap_moves(data, generator, max_offset)
+            sums["wrap_i_offsets"] += float((predict(a)["energy"].reshape(-1) - e0).abs().sum())
+            sums["wrap_i_translate"] += float((predict(b)["energy"].reshape(-1) - e0).abs().sum())
+            count += e0.numel()
+    if not count:
+        raise ValueError("no graphs to evaluate")
+    return {k: v * energy_scale / count for k, v in sums.items()}

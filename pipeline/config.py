@@ -457,6 +457,48 @@ class ScalingConfig(Strict):
     subset_seed: NonNegInt = 0
 
 
+class SimulateConfig(Strict):
+    """Stage ``simulate`` (beyond the paper): NVE molecular dynamics with the trained S2EF and QM7-X cells
+    through ``faenet.calculator.ModelCalculator``, the reference calculator (EMT for slabs, GFN2-xTB for
+    molecules) as the control; energy drift, Fu et al.'s stability and Bigi et al.'s Jacobian asymmetry.
+
+    ``cells``: shell-style patterns over trained cell names (S2EF / QM7-X only); ``n_structures`` first
+    structures of each task's ``val_id`` split (the last S2EF frame of a system: nearest to its relaxed
+    structure); ``force_modes``: "direct" (force head, where the model has one) and / or "from_energy";
+    ``frame_policies``: for FA cells, "full" / "redraw" / "fixed" (one run each, with the first force mode
+    only beyond "full"); ``steps`` of ``slab_timestep_fs`` / ``molecule_timestep_fs`` (H atoms: shorter) from
+    Maxwell-Boltzmann velocities at ``temperature_K`` (``seed``), energies recorded every ``interval`` steps;
+    ``jacobian``: compute the Jacobian asymmetry of each (cell, force mode) at the first structure.
+    ``max_num_neighbors``: the calculators' neighbour cap (None: the data's, as the models were trained). In
+    the embedded 2x2 slabs periodic images tie in distance, so the data's cap (30) switches edges under any
+    move and the potential jumps (finite differences of 1e3 eV/Å measured); a large cap removes the jumps at
+    the price of graphs the models were not trained on.
+    ``relax_structures``: BFGS relaxations (to ``relax_fmax`` eV/Å within ``relax_steps``) of the first IS2RE
+    ``val_id`` initial structures with each S2EF cell and force mode (Full FA) and with EMT; 0 = none.
+    """
+
+    cells: list[str] = Field(default_factory=lambda: ["faenet-s2ef-sfa", "faenet-qm7x-sfa", "schnet-qm7x-none",
+                                                      "forcenet-s2ef-none"])
+    n_structures: PositiveInt = 1
+    force_modes: Annotated[list[Literal["direct", "from_energy"]], Distinct, Field(min_length=1)] = Field(
+        default_factory=lambda: ["direct", "from_energy"])
+    frame_policies: Annotated[list[Literal["full", "redraw", "fixed"]], Distinct, Field(min_length=1)] = Field(
+        default_factory=lambda: ["full", "redraw"])
+    steps: PositiveInt = 200
+    slab_timestep_fs: PositiveFloat = 1.0
+    molecule_timestep_fs: PositiveFloat = 0.5
+    temperature_K: NonNegFloat = 300.0
+    interval: PositiveInt = 5
+    seed: NonNegInt = 0
+    jacobian: bool = True
+    reference: bool = True
+    max_num_neighbors: PositiveInt | None = None
+    relax_structures: NonNegInt = 0
+    relax_fmax: PositiveFloat = 0.05
+    relax_steps: PositiveInt = 100
+    threads: PositiveInt = 1
+
+
 class Profile(Strict):
     description: str = ""
     data: DataConfig = DataConfig()
@@ -467,6 +509,7 @@ class Profile(Strict):
     ablation: AblationConfig = AblationConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     scaling: ScalingConfig = ScalingConfig()
+    simulate: SimulateConfig = SimulateConfig()
 
     def model_hparams(self, model: str, task: str) -> dict[str, Any]:
         """The profile's hyperparameters of ``model`` for ``task`` ({} = the constructor's defaults)."""
