@@ -46,9 +46,9 @@ def test_a_params_typo_stops_dvc_before_any_output_is_deleted(repo):
     kept = [root / "metrics" / "fetch.json", root / "reports" / "data_card.md"]
     before = {p: p.read_bytes() for p in kept}
     params = (root / "params.yaml").read_text()
-    anchor = "        n_systems: 1200\n"
+    anchor = "        n_systems: 900\n"
     assert anchor in params
-    (root / "params.yaml").write_text(params.replace(anchor, "        n_sytems: 1200\n", 1))
+    (root / "params.yaml").write_text(params.replace(anchor, "        n_sytems: 900\n", 1))
 
     res = subprocess.run([str(BIN / "dvc"), "repro", "fetch"], cwd=root, env=env, capture_output=True, text=True)
 
