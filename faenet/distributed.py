@@ -159,3 +159,42 @@ def reduce_sums(values: Sequence[float], dist: Dist, device: torch.device) -> li
     if dist.enabled:
         tdist.all_reduce(t)
     return t.tolist()
+
+
+def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N -m module args``: one node, a free
+    rendezvous port (c10d on localhost:0, so that several jobs can share a host)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "-m", module, *args]
+
+
+def relaunch(nproc: int, module: str, args: Sequence[str]) -> int:
+    """Run ``module`` on ``nproc`` local ranks under torchrun and wait; on a failure, say which rank failed (the
+    torchrun summary above names its exit code or signal) and that a rerun resumes from the last checkpoint."""
+    import subprocess
+    import sys
+
+    rc = subprocess.call(torchrun_command(nproc, module, args))
+    if rc != 0:
+        print(f"{module}: a DDP rank of {nproc} failed (torchrun exit code {rc}; the 'Root Cause' in torchrun's "
+              "summary above names the rank and its exit code or signal, e.g. -9 for SIGKILL). The other ranks "
+              "were stopped; rerun to resume every rank from the last checkpoint.", file=sys.stderr, flush=True)
+    return rc
+
+
+def spawn(fn, args: tuple, nprocs: int) -> None:
+    """``torch.multiprocessing.spawn(fn, args, nprocs)`` (``fn(rank, *args)`` in each process), with a clear
+    error when a rank dies: which rank, how (signal or exit code), and that a rerun resumes from the last
+    checkpoint. The other ranks are stopped by ``spawn`` itself."""
+    import torch.multiprocessing as mp
+
+    try:
+        mp.spawn(fn, args=args, nprocs=nprocs, join=True)
+    except mp.ProcessExitedException as err:
+        how = f"signal {err.signal_name}" if err.signal_name else f"exit code {err.exit_code}"
+        raise RuntimeError(f"DDP rank {err.error_index} of {nprocs} died ({how}); the other ranks were stopped. "
+                           "Rerun to resume every rank from the last checkpoint.") from err
+    except mp.ProcessRaisedException as err:
+        raise RuntimeError(f"DDP rank {err.error_index} of {nprocs} failed:\n{err}") from err
