@@ -4,9 +4,9 @@ no MLflow (the pipeline logs on rank 0 only, ``Dist.is_main``).
 
 Choices (and why):
 
-- **One global shuffle.** Every rank draws the same permutation from the 1-process generator (``seed * 100003
-  + epoch``: ``set_epoch``) and takes its contiguous slice of each *global* batch of ``batch_size * world``
-  graphs. With losses normalised by global counts (``global_mean``) and DDP averaging gradients, a step on W
+- **One global shuffle.** Every rank draws the 1-process run's permutation of the epoch (``set_epoch``) and
+  takes its contiguous slice of each *global* batch of ``batch_size * world`` graphs. With losses normalised
+  by global counts (the trainer's ``denoms``) and DDP averaging gradients, a step on W
   ranks is the 1-process step on the union batch (to float reassociation), for any world size. A
   ``DistributedSampler`` draws its own permutation (``seed + epoch``) and pads with duplicates, so it could not
   be compared to the 1-process run. Global batch = per-rank batch x world size.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -114,16 +114,17 @@ class GlobalBatchSampler:
     indices than ranks is dropped (a rank with no graph cannot take part in the gradient all-reduce).
     """
 
-    def __init__(self, n: int, batch_size: int, dist: Dist, seed: int) -> None:
-        self.n, self.batch_size, self.dist, self.seed = n, batch_size, dist, seed
+    def __init__(self, n: int, batch_size: int, dist: Dist, order: Callable[[int], list[int]]) -> None:
+        """``order(epoch)``: the permutation of ``range(n)`` of an epoch, the same on every rank (the trainer
+        passes its 1-process order, ``faenet.training.epoch_order``)."""
+        self.n, self.batch_size, self.dist, self.order = n, batch_size, dist, order
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def global_batches(self) -> list[list[int]]:
-        gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)  # = the 1-process loader's
-        perm = torch.randperm(self.n, generator=gen).tolist()
+        perm = self.order(self.epoch)
         size = self.batch_size * self.dist.world_size
         batches = [perm[i:i + size] for i in range(0, self.n, size)]
         return [b for b in batches if len(b) >= self.dist.world_size]

@@ -132,6 +132,19 @@ class Normalizer:
         return (pred.to(torch.float64) * self.std + self.mean + ref).to(pred.dtype)
 
 
+def _epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, cuda: bool) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed * 100003 + epoch)  # per-epoch shuffle: resumable
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, pin_memory=cuda)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order in which the 1-process ``train`` visits ``range(n)`` in ``epoch``, drawn as it draws it
+    (DataLoader iterators take a base seed from the generator, and iterating through tqdm, as ``train`` does,
+    creates one more iterator first: a bare ``randperm`` of the generator would be another order)."""
+    loader = _epoch_loader(list(range(n)), 1, seed, epoch, False)
+    return [int(i) for i in tqdm(loader, disable=True)]
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -327,7 +340,9 @@ def train(
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if cuda else None)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     scaler = grad_scaler(amp, device)
-    sampler = ddp.GlobalBatchSampler(len(train_set), s.batch_size, dist, s.seed) if dist.enabled else None
+    sampler = (ddp.GlobalBatchSampler(len(train_set), s.batch_size, dist,
+                                      lambda epoch: epoch_order(len(train_set), s.seed, epoch))
+               if dist.enabled else None)
     steps_per_epoch = len(sampler) if sampler is not None else math.ceil(len(train_set) / s.batch_size)
     total_steps = steps_per_epoch * s.epochs
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=s.plateau_factor,
@@ -369,8 +384,7 @@ def train(
             sampler.set_epoch(epoch)  # the same global permutation on every rank
             loader = DataLoader(train_set, batch_sampler=sampler, pin_memory=cuda)
         else:
-            gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)  # per-epoch shuffle: resumable
-            loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=True, generator=gen, pin_memory=cuda)
+            loader = _epoch_loader(train_set, s.batch_size, s.seed, epoch, cuda)
         sums: dict[str, Tensor] = {}
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{s.epochs}", disable=not progress or not dist.is_main,
                    leave=False)
