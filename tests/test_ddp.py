@@ -169,7 +169,8 @@ def test_global_batch_sampler_partitions_the_one_process_permutation():
     n, b = 11, 2
     perm = epoch_order(n, 4, 0)
     # the order in which the 1-process train() visits the records (y = index)
-    records = [Data(pos=torch.zeros(1, 3), y=float(i)) for i in range(n)]
+    one = torch.ones(1, dtype=torch.long)
+    records = [Data(pos=torch.zeros(1, 3), atomic_numbers=one, y=float(i)) for i in range(n)]
     seen = []
     net = torch.nn.Linear(1, 1)
 
