@@ -10,6 +10,13 @@ and energy + forces (S2EF, QM7-X).
   weights-only (``faenet.checkpoint``: a corrupt one is set aside for its ``.prev``, a file carrying code is
   refused); a killed run resumes from it and reaches the same final metrics as an uninterrupted one, because the
   shuffling generator is re-seeded per epoch and evaluation runs in a forked RNG.
+- A ``device`` (``faenet.device.resolve_device``): model, batches (pinned, copied non-blocking on CUDA),
+  normaliser references, frames and losses live on it; only logged scalars come back to the CPU, once per
+  epoch. ``amp`` (``off``/``bf16``/``fp16``, the last with a gradient scaler) autocasts the training forward
+  only; evaluation stays float32.
+- Data parallel (``faenet.distributed``): with ``dist.world_size > 1`` the model is wrapped in DDP, each rank
+  trains on its slice of the global batch with losses normalised by global counts, evaluation is sharded and
+  reduced exactly, and rank 0 alone writes the checkpoint. ``dist=None`` is today's single-process path.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
+from faenet import distributed as ddp
 from faenet.checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from faenet.data.dataset import check_split
-from faenet.metrics import energy_mae, energy_within_threshold, force_mae
+from faenet.device import autocast, check_amp, grad_scaler
+from faenet.metrics import EWT_THRESHOLD_EV, energy_mae, energy_within_threshold, force_mae
 from faenet.warmup import prepare_model
 
 
@@ -106,13 +115,13 @@ class Normalizer:
     def reference(self, batch: Any) -> Tensor:
         """Per-graph ``sum_i shift[Z_i]`` (B,), float64; zeros without an element shift."""
         n_graphs = int(batch.num_graphs) if getattr(batch, "num_graphs", None) is not None else 1
-        ref = torch.zeros(n_graphs, dtype=torch.float64)
+        z = batch.atomic_numbers.long()  # on the batch's device: no copy to the CPU inside a step
+        ref = torch.zeros(n_graphs, dtype=torch.float64, device=z.device)
         if self.element_shift is None:
             return ref
-        table = torch.tensor(self.element_shift, dtype=torch.float64)
-        z = batch.atomic_numbers.long().cpu()
+        table = torch.tensor(self.element_shift, dtype=torch.float64, device=z.device)
         per_atom = torch.where(z < table.numel(), table[z.clamp(max=table.numel() - 1)], 0.0)
-        b = batch.batch.cpu() if getattr(batch, "batch", None) is not None else torch.zeros_like(z)
+        b = batch.batch if getattr(batch, "batch", None) is not None else torch.zeros_like(z)
         return ref.index_add_(0, b, per_atom)
 
     def normalize(self, y: Tensor, batch: Any) -> Tensor:
@@ -122,6 +131,19 @@ class Normalizer:
     def denormalize(self, pred: Tensor, batch: Any) -> Tensor:
         ref = self.reference(batch).to(device=pred.device)
         return (pred.to(torch.float64) * self.std + self.mean + ref).to(pred.dtype)
+
+
+def _epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, cuda: bool) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed * 100003 + epoch)  # per-epoch shuffle: resumable
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, pin_memory=cuda)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order in which the 1-process ``train`` visits ``range(n)`` in ``epoch``, drawn as it draws it
+    (DataLoader iterators take a base seed from the generator, and iterating through tqdm, as ``train`` does,
+    creates one more iterator first: a bare ``randperm`` of the generator would be another order)."""
+    loader = _epoch_loader(list(range(n)), 1, seed, epoch, False)
+    return [int(i) for i in tqdm(loader, disable=True)]
 
 
 def _seed_everything(seed: int) -> None:
@@ -140,29 +162,40 @@ def _force_mask(batch: Any, free_only: bool) -> Tensor:
     return torch.ones(batch.num_nodes, dtype=torch.bool, device=batch.pos.device)
 
 
+def _mean(x: Tensor, denom: float | None) -> Tensor:
+    # ``denom`` (DDP): the global count divided by the world size, so that DDP's gradient average is the
+    # gradient of the global mean (OCP's DDPLoss); None: this batch's mean, today's path exactly.
+    return x.mean() if denom is None else x.sum() / denom
+
+
 def compute_loss(out: Mapping[str, Tensor], batch: Any, s: TrainSettings, norm: Normalizer,
-                 needs_forces: bool) -> tuple[Tensor, dict[str, float]]:
-    """Total loss in normalised units and its parts.
+                 needs_forces: bool, denoms: tuple[float, float] | None = None
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total loss in normalised units and its parts (detached tensors: the caller logs them).
+
+    ``denoms`` = (graphs, free atoms) summed over ranks / world size, under DDP; None in one process.
 
     Eq. (9): when the model returns ``forces_grad_target`` (FAENet ``direct_with_gradient_target``), the term
     ``energy_grad_coef * l(F_direct, -dE/dpos)`` pulls the direct force head towards the energy gradient
     (the gradient is detached, so the energy head is not changed by it).
     """
     y = norm.normalize(batch.y.to(out["energy"].dtype).view(-1), batch)
-    loss_e = _elementwise(s.loss, out["energy"].view(-1), y).mean()
+    d_graphs, d_atoms = denoms if denoms is not None else (None, None)
+    loss_e = _mean(_elementwise(s.loss, out["energy"].view(-1), y), d_graphs)
     total = s.energy_coef * loss_e
-    parts = {"loss_energy": float(loss_e.detach())}
+    parts = {"loss_energy": loss_e.detach()}
     if needs_forces:
         mask = _force_mask(batch, s.train_on_free_atoms)
         f_target = batch.force.to(out["forces"].dtype) / norm.std
-        loss_f = _elementwise(s.loss, out["forces"][mask], f_target[mask]).sum(-1).mean()
+        loss_f = _mean(_elementwise(s.loss, out["forces"][mask], f_target[mask]).sum(-1), d_atoms)
         total = total + s.force_coef * loss_f
-        parts["loss_force"] = float(loss_f.detach())
+        parts["loss_force"] = loss_f.detach()
         if s.energy_grad_coef > 0 and "forces_grad_target" in out:
-            loss_eg = _elementwise(s.loss, out["forces"][mask], out["forces_grad_target"][mask]).sum(-1).mean()
+            loss_eg = _mean(_elementwise(s.loss, out["forces"][mask], out["forces_grad_target"][mask]).sum(-1),
+                            d_atoms)
             total = total + s.energy_grad_coef * loss_eg
-            parts["loss_energy_grad"] = float(loss_eg.detach())
-    parts["loss"] = float(total.detach())
+            parts["loss_energy_grad"] = loss_eg.detach()
+    parts["loss"] = total.detach()
     return total, parts
 
 
@@ -180,14 +213,18 @@ def lr_factor(step: int, s: TrainSettings, total_steps: int) -> float:
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalizer, needs_forces: bool,
-            seed: int = 12345) -> dict[str, Tensor]:
-    """De-normalised predictions (eV, eV/Å) for a whole dataset, in a forked RNG (SFA draws frames)."""
+            seed: int = 12345, device: torch.device | None = None) -> dict[str, Tensor]:
+    """De-normalised predictions (eV, eV/Å) for a whole dataset, in a forked RNG (SFA draws frames), on
+    ``device`` (default: the CPU; the model must be there already). The tensors stay on the device."""
+    device = device or torch.device("cpu")
     was_training = model.training
     model.eval()
     energies, forces, y, f_true, free = [], [], [], [], []
-    with torch.random.fork_rng():
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
         torch.manual_seed(seed)
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=cuda):
+            batch = batch.to(device, non_blocking=cuda)
             with torch.enable_grad() if needs_forces else torch.no_grad():
                 out = model(batch)
             energies.append(norm.denormalize(out["energy"].detach().view(-1), batch))
@@ -213,12 +250,42 @@ def mae_metrics(pred: Mapping[str, Tensor]) -> dict[str, float]:
     return out
 
 
+def _error_sums(pred: Mapping[str, Tensor]) -> list[float]:
+    """Float64 sums behind ``mae_metrics``: |dE|, EwT hits, graphs, then |dF| and free-atom components."""
+    err = (pred["energy"].double() - pred["y"].double()).abs()
+    out = [float(err.sum()), float((err < EWT_THRESHOLD_EV).sum()), float(err.numel())]
+    if "forces" in pred:
+        m = pred["free"]
+        ferr = (pred["forces"][m].double() - pred["force"][m].double()).abs()
+        out += [float(ferr.sum()), float(ferr.numel())]
+    return out
+
+
+def sharded_metrics(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalizer, needs_forces: bool,
+                    dist: ddp.Dist, device: torch.device, seed: int = 12345) -> dict[str, float]:
+    """``mae_metrics`` under DDP: rank r predicts samples ``r::W`` (each once, no padding) and the error sums
+    are reduced over ranks in float64. Every rank gets the metrics."""
+    local = torch.utils.data.Subset(dataset, ddp.shard(len(dataset), dist))
+    sums = _error_sums(predict(model, local, batch_size, norm, needs_forces, seed, device)) if len(local) else (
+        [0.0] * (5 if needs_forces else 3))
+    total = ddp.reduce_sums(sums, dist, device)
+    out = {"energy_mae": total[0] / total[2], "energy_ewt": total[1] / total[2]}
+    if needs_forces:
+        out["force_mae"] = total[3] / max(total[4], 1.0)
+    return out
+
+
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalizer, needs_forces: bool,
-             seed: int = 12345, split: str = "eval") -> dict[str, float]:
+             seed: int = 12345, split: str = "eval", device: torch.device | None = None,
+             dist: ddp.Dist | None = None) -> dict[str, float]:
     """``mae_metrics`` of ``model`` on ``dataset`` (named ``split`` in errors); an empty split or one with
-    atomic numbers the model does not embed is refused first (``faenet.data.dataset.check_split``)."""
+    atomic numbers the model does not embed is refused first (``faenet.data.dataset.check_split``). Under DDP
+    (``dist`` with several ranks), sharded and reduced (``sharded_metrics``): call it on every rank."""
     check_split(model, dataset, split)
-    return mae_metrics(predict(model, dataset, batch_size, norm, needs_forces, seed))
+    if dist is not None and dist.enabled:
+        return sharded_metrics(model, dataset, batch_size, norm, needs_forces, dist, device or torch.device("cpu"),
+                               seed)
+    return mae_metrics(predict(model, dataset, batch_size, norm, needs_forces, seed, device))
 
 
 @dataclass
@@ -241,22 +308,44 @@ def train(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    device: torch.device | None = None,
+    amp: str = "off",
+    dist: ddp.Dist | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (already wrapped by its symmetry method) and evaluate on each split every epoch.
 
     ``val_sets`` maps split names to datasets; the first one drives the plateau scheduler.
     With ``checkpoint_path``, an existing compatible checkpoint is resumed and a new one is written after
     every epoch. A fresh (not resumed) run first calls the model's optional ``prepare`` hook (``prepare_model``).
-    ``stop_after_epoch`` simulates a kill (tests).
+    ``stop_after_epoch`` simulates a kill (tests); ``on_step(epoch, step)`` is called after each
+    optimiser step (tests kill a rank there).
+
+    ``device`` (default CPU) and ``amp`` (module docstring). ``dist``: this rank under DDP (the process group
+    initialised, ``faenet.distributed.init``); the model is wrapped here, ``settings.batch_size`` is the
+    per-rank batch, and only rank 0 writes ``checkpoint_path`` (every rank resumes from it) and calls
+    ``on_epoch``.
     """
     check_split(model, train_set, "train")  # before anything is fitted: empty splits, Z the model lacks
     for name, val_set in val_sets.items():
         check_split(model, val_set, name)
     s = settings
+    device = device or torch.device("cpu")
+    dist = dist or ddp.Dist()
+    check_amp(amp, device)
+    cuda = device.type == "cuda"
     _seed_everything(s.seed)
     norm = Normalizer.fit([train_set[i] for i in range(len(train_set))], s.normalize_targets, s.element_shift)
+    model.to(device)
+    net: nn.Module = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if cuda else None)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / s.batch_size)
+    scaler = grad_scaler(amp, device)
+    sampler = (ddp.GlobalBatchSampler(len(train_set), s.batch_size, dist,
+                                      lambda epoch: epoch_order(len(train_set), s.seed, epoch))
+               if dist.enabled else None)
+    steps_per_epoch = len(sampler) if sampler is not None else math.ceil(len(train_set) / s.batch_size)
     total_steps = steps_per_epoch * s.epochs
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=s.plateau_factor,
                                                           patience=s.plateau_patience)
@@ -272,6 +361,8 @@ def train(
                              "checkpoint); delete it (or its folder) to start afresh")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("amp") is not None:
+            scaler.load_state_dict(ckpt["amp"])
         if plateau is not None and ckpt.get("plateau") is not None:
             plateau.load_state_dict(ckpt["plateau"])
         saved = dict(ckpt["normalizer"])
@@ -280,41 +371,84 @@ def train(
         norm = Normalizer(**saved)
         history, epoch_seconds = ckpt["history"], ckpt["epoch_seconds"]
         start_epoch, step = ckpt["epoch"], ckpt["step"]
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])  # one process; under DDP each epoch re-seeds every rank (below)
     else:
-        prepare_model(model, train_set, s.batch_size)  # a fresh run only: a checkpoint holds what it fitted
+        # A fresh run only (a checkpoint holds what it fitted); every rank fits on the same batches alike.
+        prepare_model(model, train_set, s.batch_size, device=device)
     resumed_from = start_epoch
     val_names = list(val_sets)
     t_start = time.perf_counter()
     for epoch in range(start_epoch, s.epochs):
         t0 = time.perf_counter()
         model.train()
-        gen = torch.Generator().manual_seed(s.seed * 100003 + epoch)  # per-epoch shuffle: resumable
-        loader = DataLoader(train_set, batch_size=s.batch_size, shuffle=True, generator=gen)
-        sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{s.epochs}", disable=not progress, leave=False)
+        if dist.enabled:
+            # One stream per (seed, rank, epoch) for frame draws / DA rotations: reproducible for a fixed world
+            # size, and a resumed run (every rank restarts at an epoch) draws what an uninterrupted one drew.
+            torch.manual_seed(ddp.rank_seed(s.seed, dist.rank, epoch))
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # the same global permutation on every rank
+            loader = DataLoader(train_set, batch_sampler=sampler, pin_memory=cuda)
+        else:
+            loader = _epoch_loader(train_set, s.batch_size, s.seed, epoch, cuda)
+        sums: dict[str, Tensor] = {}
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{s.epochs}", disable=not progress or not dist.is_main,
+                   leave=False)
         for batch in bar:
+            batch = batch.to(device, non_blocking=cuda)
             for g in opt.param_groups:
                 g["lr"] = s.lr * lr_factor(step, s, total_steps) * (
                     1.0 if plateau is None else g.get("_plateau_scale", 1.0))
-            out = model(batch)
-            loss, parts = compute_loss(out, batch, s, norm, needs_forces)
-            if not torch.isfinite(loss):
+            denoms = None
+            if dist.enabled:  # global counts of this step (one small all_reduce): DDPLoss normalisation
+                n_free = int(_force_mask(batch, s.train_on_free_atoms).sum()) if needs_forces else 0
+                counts = ddp.reduce_sums([float(batch.num_graphs), float(n_free)], dist, device)
+                denoms = (counts[0] / dist.world_size, max(counts[1], 1.0) / dist.world_size)
+            with autocast(amp, device):
+                out = net(batch)
+            if amp != "off":  # the loss in float32: autocast outputs may be half precision
+                out = {k: v.float() for k, v in out.items()}
+            loss, parts = compute_loss(out, batch, s, norm, needs_forces, denoms)
+            if not dist.enabled and not torch.isfinite(loss):  # under DDP: checked on the reduced epoch sums
                 raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch + 1}, step {step}: lower lr or "
                                          "check the data for NaN; the last good checkpoint is kept")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)  # clip the true gradients
+            else:
+                loss.backward()
             if s.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            opt.step()
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             step += 1
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{parts['loss']:.4f}")
-        row: dict[str, float] = {f"train_{k}": v / steps_per_epoch for k, v in sums.items()}
+            for k, v in parts.items():  # float64 sums on the device: no host sync per step
+                sums[k] = sums.get(k, 0.0) + v.double()
+            if progress and dist.is_main and not cuda:
+                bar.set_postfix(loss=f"{float(parts['loss']):.4f}")
+            if on_step is not None:
+                on_step(epoch, step)
+        keys = sorted(sums)
+        means = ddp.reduce_sums([float(sums[k]) for k in keys], dist, device) if dist.enabled else (
+            [float(sums[k]) for k in keys])
+        # Under DDP each rank's part is its share of W x the global loss (``denoms``); x / 1 is exact.
+        row: dict[str, float] = {f"train_{k}": v / steps_per_epoch / dist.world_size
+                                 for k, v in zip(keys, means, strict=True)}
+        if dist.enabled and not all(math.isfinite(v) for v in row.values()):
+            raise FloatingPointError(f"rank {dist.rank}: non-finite training loss in epoch {epoch + 1}: lower lr or "
+                                     "check the data for NaN; the last good checkpoint is kept")
         for name in val_names:
             # predict, not evaluate: the split was checked once above, not every epoch.
-            for k, v in mae_metrics(predict(model, val_sets[name], s.batch_size * 4, norm, needs_forces)).items():
+            if dist.enabled:
+                metrics = sharded_metrics(model, val_sets[name], s.batch_size * 4, norm, needs_forces, dist,
+                                          device)
+            else:
+                metrics = mae_metrics(predict(model, val_sets[name], s.batch_size * 4, norm, needs_forces,
+                                              device=device))
+            for k, v in metrics.items():
                 row[f"{name}_{k}"] = v
         row["lr"] = opt.param_groups[0]["lr"]
         if plateau is not None and val_names:
@@ -326,13 +460,15 @@ def train(
         epoch_seconds.append(time.perf_counter() - t0)
         row["epoch_seconds"] = epoch_seconds[-1]
         history.append(row)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and dist.is_main:
             save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "amp": scaler.state_dict() if scaler is not None else None,
                           "plateau": plateau.state_dict() if plateau is not None else None,
                           "normalizer": asdict(norm), "history": history, "epoch_seconds": epoch_seconds,
                           "epoch": epoch + 1, "step": step, "rng": rng_state(),
                           "settings_digest": s.digest()}, checkpoint_path)
-        if on_epoch is not None:
+        ddp.barrier(dist)  # no rank runs ahead of the checkpoint it would resume from
+        if on_epoch is not None and dist.is_main:
             on_epoch(epoch, row)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < s.epochs:
             raise KeyboardInterrupt(f"stopped after epoch {epoch + 1} (simulated kill)")

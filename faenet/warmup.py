@@ -16,23 +16,27 @@ from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 
 
-def prepare_model(model: nn.Module, train_set: Dataset | Sequence[Any], batch_size: int | None = None) -> bool:
+def prepare_model(model: nn.Module, train_set: Dataset | Sequence[Any], batch_size: int | None = None,
+                  device: torch.device | None = None) -> bool:
     """The optional warm-up hook of a model: the first of ``model``, ``model.model``, ... (symmetry wrappers hold
     the model as ``.model``) with a ``prepare(train_batches)`` method gets the training batches in dataset order,
     lazily (it takes what it needs). GemNet fits its scaling factors there. Returns whether a hook ran.
 
     ``train_set`` is a dataset batched by ``batch_size``, or (``batch_size`` None) already a sequence of batches
     (for callers that train on their own batches: timing, probes). The loader has its own generator, so the hook
-    draws nothing from the global RNG streams."""
+    draws nothing from the global RNG streams. ``device``: where the model is (batches are moved there)."""
     m: Any = model
     for _ in range(4):
         if m is None:
             break
         hook = getattr(m, "prepare", None)
         if callable(hook):
-            hook(train_set if batch_size is None else
-                 DataLoader(train_set, batch_size=batch_size, shuffle=False,
-                            generator=torch.Generator().manual_seed(0)))
+            batches: Any = (train_set if batch_size is None else
+                            DataLoader(train_set, batch_size=batch_size, shuffle=False,
+                                       generator=torch.Generator().manual_seed(0)))
+            if device is not None and device.type != "cpu":  # the model already lives there
+                batches = (b.to(device) for b in batches)
+            hook(batches)
             return True
         m = getattr(m, "model", None)
     return False

@@ -233,6 +233,14 @@ class TrainConfig(Strict):
     workers: PositiveInt = 1
     # Shell-style patterns over cell names ``<model>-<dataset>-<symmetry>``; empty = every designed cell.
     only: list[str] = Field(default_factory=list)
+    # Where runs compute (faenet.device.resolve_device): auto = CUDA when available, else the CPU.
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
+    # Mixed precision of the training forward (off | bf16 | fp16, fp16 with a grad scaler and CUDA only); never
+    # used for evaluation or symmetry metrics. Not "off" changes the runs' keys.
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    # DDP ranks of the train stage on this node (> 1: the stage re-executes itself under torchrun --standalone;
+    # under torchrun/srun already, the launcher's world size is used). Global batch = batch_size x ranks.
+    nproc_per_node: PositiveInt = 1
     is2re: TaskTrainConfig = TaskTrainConfig()
     s2ef: TaskTrainConfig = TaskTrainConfig(force_coef=30.0, regress_forces="direct")
     qm7x: TaskTrainConfig = TaskTrainConfig(force_coef=100.0, regress_forces="direct", element_shift=True)

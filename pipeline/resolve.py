@@ -182,7 +182,9 @@ def resolve_run(params: Params, cell: ResolvedCell | str, seed: int, target: str
     return RunSpec(model_name=cell.model, hparams=cell.hparams, symmetry=cell.symmetry, task=cell.task, seed=seed,
                    settings=cell.settings(seed), data_hash=data_hash, folder=folder or cell.name, target=target,
                    run_name=run_name, rewiring=cell.rewiring, frame_dim=cell.frame_dim, run_params=run_params,
-                   tags=tags, config=config, extra_key=dict(extra_key or {}))
+                   tags=tags, config=config, extra_key=dict(extra_key or {}),
+                   device=_profile(params, cell.profile).train.device,
+                   amp=_profile(params, cell.profile).train.amp)
 
 
 def run_provenance_tags() -> dict[str, str]:

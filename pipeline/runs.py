@@ -71,6 +71,8 @@ class RunSpec:
     tags: dict[str, str] = field(default_factory=dict)  # MLflow tags
     config: dict[str, Any] = field(default_factory=dict)  # logged as resolved_config.json
     extra_key: dict[str, Any] = field(default_factory=dict)  # anything else the run depends on (e.g. a subset)
+    device: str = "auto"  # train.device (not in the key: where a run computes, not what it is)
+    amp: str = "off"  # train.amp (in the key when not "off": mixed precision changes the numbers)
 
     @property
     def tag(self) -> str:
@@ -87,6 +89,8 @@ class RunSpec:
                  "rewiring": self.rewiring}
         if self.extra_key:  # only when set, so the train stage's keys stay what they were
             parts["extra"] = self.extra_key
+        if self.amp != "off":  # idem
+            parts["amp"] = self.amp
         return digest(parts)
 
     @property
@@ -156,7 +160,7 @@ def load_final(spec: RunSpec):
 
 
 def fit(spec: RunSpec, sets: Mapping[str, Any], eval_names: Sequence[str], needs_forces: bool,
-        eval_batch_size: int, progress: bool = False) -> dict[str, Any]:
+        eval_batch_size: int, progress: bool = False, dist: Any = None) -> dict[str, Any]:
     """Train the run (resuming its checkpoint), evaluate it on ``eval_names``, write its final state, then its
     record (without an MLflow ``run_id``: :func:`record_run` logs it). The one training sequence of the stages,
     in this process or in a worker; no MLflow here (workers must not write to the SQLite store).
@@ -164,36 +168,47 @@ def fit(spec: RunSpec, sets: Mapping[str, Any], eval_names: Sequence[str], needs
     ``sets`` maps ``"train"`` and every eval split to a dataset; the first eval split is evaluated every epoch
     (it drives the plateau scheduler). Returns the record (module docstring), with ``started``/``ended`` and
     ``epoch_ended`` (Unix seconds; None for the epochs of a killed attempt, whose times are not known).
+
+    ``dist`` (a ``faenet.distributed.Dist``, process group initialised): every rank trains and evaluates its
+    share; rank 0 alone writes the checkpoints, the final state and the record. None: one process.
     """
     import time
 
+    from faenet import distributed as ddp
     from faenet.checkpoint import remove_checkpoint, save_checkpoint
+    from faenet.device import resolve_device
     from faenet.training import evaluate, train
 
+    dist = dist or ddp.Dist()
+    device = resolve_device(spec.device, dist.local_rank if dist.enabled else None)
     started = time.time()
     epoch_ended: dict[int, float] = {}
     net, wrapped = build_wrapped(spec)
     check_splits(net, sets, eval_names)
     result = train(wrapped, sets["train"], {n: sets[n] for n in eval_names[:1]}, spec.settings, needs_forces,
                    checkpoint_path=spec.ckpt_path, on_epoch=lambda epoch, _: epoch_ended.update({epoch: time.time()}),
-                   progress=progress)
-    if result.resumed_from_epoch:
+                   progress=progress, device=device, amp=spec.amp, dist=dist)
+    if result.resumed_from_epoch and dist.is_main:
         print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}", flush=True)
-    final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces, split=n)
+    final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces, split=n,
+                         device=device, dist=dist)
              for n in eval_names}
+    net.to("cpu")  # the final state is stored CPU-side (loadable anywhere)
     if spec.target != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply
         final = {n: {f"{spec.target}_mae": m["energy_mae"]} for n, m in final.items()}
     state = {"model": net.state_dict(), "model_name": spec.model_name, "hparams": spec.hparams,
              "symmetry": spec.symmetry, "normalizer": vars(result.normalizer), "seed": spec.seed,
              "task": spec.task, "target": spec.target, "rewiring": spec.rewiring, "data_hash": spec.data_hash}
-    save_checkpoint(state, spec.final_path, keep_prev=False)
     run = {"seed": spec.seed, "target": spec.target, "run_id": None, "final": final,
            "n_params": sum(p.numel() for p in net.parameters()), "train_seconds": result.train_seconds,
            "epoch_seconds": result.epoch_seconds, "started": started, "ended": time.time(),
            "epoch_ended": [epoch_ended.get(i) for i in range(len(result.history))],
            "history": [{"epoch": i + 1, **h} for i, h in enumerate(result.history)]}
-    write_json(spec.result_path, run)
-    remove_checkpoint(spec.ckpt_path)  # and its .prev: the .final.pt holds what a rerun needs
+    if dist.is_main:
+        save_checkpoint(state, spec.final_path, keep_prev=False)
+        write_json(spec.result_path, run)
+        remove_checkpoint(spec.ckpt_path)  # and its .prev: the .final.pt holds what a rerun needs
+    ddp.barrier(dist)  # every rank sees the run finished before the next one
     return run
 
 
@@ -296,16 +311,39 @@ def _fit_job(job: Job) -> dict[str, Any]:
                progress=mp.parent_process() is None)
 
 
-def run_all(jobs: list[Job], workers: int = 1, threads: int = 1) -> list[dict[str, Any]]:
+def run_all(jobs: list[Job], workers: int = 1, threads: int = 1, dist: Any = None) -> list[dict[str, Any]]:
     """The record of every job (reused, or trained and logged), ``workers`` at a time; in job order.
 
     Runs to train go to :func:`faenet.procs.run_pool` (one: in this process, on its torch threads; more: in
     spawned workers with ``threads // workers`` torch threads each); this process logs each finished run to
     MLflow in job order.
     Each final state is then linked to the job's DVC output (``out_ckpt``).
+
+    Under DDP (``dist`` with several ranks) every rank trains every run to train, one after the other, in this
+    process (``workers`` is ignored: the ranks are the parallelism); rank 0 alone logs to MLflow and links the
+    outputs; the other ranks return the records without ``run_id``.
     """
+    from faenet import distributed as ddp
     from faenet.checkpoint import link_or_copy
     from faenet.procs import run_pool
+
+    if dist is not None and dist.enabled:
+        done = [job.spec.trained() for job in jobs]  # the same answer on every rank (nothing written yet)
+        ddp.barrier(dist)
+        out = []
+        for job, finished in zip(jobs, done, strict=True):
+            if finished:
+                run = reused(job.spec) if dist.is_main else json.loads(job.spec.result_path.read_text())
+            else:
+                run = fit(job.spec, job.data.open(), job.eval_names, job.needs_forces, job.eval_batch_size,
+                          progress=True, dist=dist)
+                if dist.is_main:
+                    run = record_run(job.spec, run)
+            if dist.is_main and job.out_ckpt is not None:
+                link_or_copy(job.spec.final_path, job.out_ckpt)
+            out.append(run)
+        ddp.barrier(dist)
+        return out
 
     records = [reused(job.spec) for job in jobs]
     todo = [k for k, r in enumerate(records) if r is None]

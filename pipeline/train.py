@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", required=True, choices=DATASETS)
     ap.add_argument("--symmetry", required=True, choices=SYMMETRY_METHODS)
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # to re-execute under torchrun
     # The registry (torch) only if there is work to do: _main validates the models then.
     return stage_main(lambda params: _main(params, args), check_models=False)
 
@@ -95,6 +96,11 @@ def _main(params: Params, args: argparse.Namespace) -> int:
         print(f"{cell}: not trained ({why})")
         return 0
     validate_models(params)
+    from faenet import distributed as ddp
+
+    nproc = params.active.train.nproc_per_node
+    if nproc > 1 and not ddp.launched():  # one node: this stage again, on nproc ranks
+        return ddp.relaunch(nproc, "pipeline.train", args.argv)
     return run_cell(params, args.model, args.dataset, args.symmetry, out)
 
 
@@ -136,13 +142,27 @@ class RecordTransform:
 def run_cell(params: Params, model_name: str, task: str, symmetry: str, out: CellOutputs) -> int:
     import torch
 
-    from faenet.data.dataset import content_hash
-    from pipeline.resolve import resolve_cell, resolve_run, run_provenance_tags
-    from pipeline.runs import DataSpec, Job, run_all
+    from faenet import distributed as ddp
+    from pipeline.resolve import resolve_cell
 
     prof = params.active
     rc = resolve_cell(params, model_name, task, symmetry)
     torch.set_num_threads(prof.train.threads)
+    # Under torchrun/srun: join the process group (rank 0 alone writes the outputs and logs to MLflow).
+    dist = ddp.init(prof.train.device)[0] if ddp.launched() else None
+    try:
+        return _run_cell(params, rc, out, dist)
+    finally:
+        ddp.shutdown()
+
+
+def _run_cell(params: Params, rc: Any, out: CellOutputs, dist: Any) -> int:
+    from faenet.data.dataset import content_hash
+    from pipeline.resolve import resolve_run, run_provenance_tags
+    from pipeline.runs import DataSpec, Job, run_all
+
+    prof = params.active
+    task, model_name, symmetry = rc.task, rc.model, rc.symmetry
     cell = rc.name
     data_dir = DATA / task
     split_paths = {p.stem: p for p in sorted(data_dir.glob("*.lmdb"))}
@@ -171,7 +191,9 @@ def run_cell(params: Params, model_name: str, task: str, symmetry: str, out: Cel
             spec = resolve_run(params, rc, seed, target, data_hash=data_hash, provenance_tags=prov)
             jobs.append(Job(spec, data, tuple(eval_names), rc.needs_forces, rc.eval_batch_size,
                             str(out.models / f"{spec.tag}.pt")))
-    runs = run_all(jobs, workers=prof.train.workers, threads=prof.train.threads)
+    runs = run_all(jobs, workers=prof.train.workers, threads=prof.train.threads, dist=dist)
+    if dist is not None and not dist.is_main:
+        return 0
     n_params = runs[-1]["n_params"]
     record = summarize_cell(params, cell, model_name, task, symmetry, runs, n_params, data_hash, rc.rewiring)
     out.write_record(record)
