@@ -49,7 +49,9 @@ class GraphDataset(Dataset):
     """Records of one task (``TASKS``) from LMDB file(s), validated against the schema.
 
     ``in_memory=True`` decodes and validates every record once at construction; ``False`` reads lazily
-    (validating each record when it is read). ``transform`` (e.g. :func:`remove_tag0`) is applied on access.
+    (validating each record when it is read): only the file lengths are kept, so a split larger than memory
+    can be streamed, and the dataset pickles without an open LMDB environment (each DataLoader worker opens
+    its own, ``faenet.data.store.LmdbReader``). ``transform`` (e.g. :func:`remove_tag0`) is applied on access.
     Global index -> (file, local index) by bisection over cumulative lengths, as OC20 does.
     """
 
@@ -249,6 +251,14 @@ def nested_subsets(n: int, fractions: Sequence[float], seed: int) -> dict[float,
         raise ValueError(f"fractions must lie in (0, 1), got {bad}")
     order = np.random.default_rng(seed).permutation(n)
     return {f: sorted(int(i) for i in order[:max(1, round(f * n))]) for f in sorted(fractions)}
+
+
+def is_streamed(dataset: Any) -> bool:
+    """Whether ``dataset`` (or the dataset under its ``Subset`` layers) is a lazily read ``GraphDataset``: its
+    records are decoded on access, never all held (the trainer then fits its normaliser in one streaming
+    pass)."""
+    inner, _ = _unwrap(dataset)
+    return isinstance(inner, GraphDataset) and inner.records is None
 
 
 def dataset_location(dataset: Any) -> str:
