@@ -45,6 +45,9 @@ def lmdb_files(path_or_paths: str | os.PathLike | list[str | os.PathLike]) -> li
     return files
 
 
+LAZY_RELEASE_BYTES = 16 << 20  # per LMDB file of a lazy GraphDataset: at most ~16 MiB of its map resident
+
+
 class GraphDataset(Dataset):
     """Records of one task (``TASKS``) from LMDB file(s), validated against the schema.
 
@@ -61,7 +64,9 @@ class GraphDataset(Dataset):
             raise ValueError(f"task {task!r} is not one of {TASKS}")
         self.task, self.transform = task, transform
         self.files = lmdb_files(path_or_paths)
-        self.readers = [LmdbReader(f) for f in self.files]
+        # Lazy: each reader unmaps what it read every LAZY_RELEASE_BYTES, so a pass over a split larger than
+        # memory does not leave the whole file in the resident set (``LmdbReader``).
+        self.readers = [LmdbReader(f, release_bytes=None if in_memory else LAZY_RELEASE_BYTES) for f in self.files]
         self.cum = np.cumsum([len(r) for r in self.readers]).tolist()
         self.records: list[Data] | None = None
         # (lo, hi, model name): Z range a model embeds, checked per record on lazy reads (``require_atomic_numbers``).
