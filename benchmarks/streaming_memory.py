@@ -13,7 +13,7 @@
    sampler, ``--workers`` worker counts) and the model alone (forward + backward + optimiser step on batches
    already collated), so the smaller one says which limits an epoch.
 
-    python -m benchmarks.streaming_memory [--records 200] [--sizes 1 4 16] [--workers 0 4] [--threads 1]
+    python -m benchmarks.streaming_memory [--records 400] [--sizes 1 4 16] [--workers 0 4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ def model_throughput(path: Path, n_batches: int = 12) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--records", type=int, default=200, help="records of the 1x fixture")
+    ap.add_argument("--records", type=int, default=400, help="records of the 1x fixture")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16], help="copies of the fixture")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 4], help="loader worker counts to time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the training processes")
