@@ -53,7 +53,6 @@ def synthetic_slabs(n: int, seed: int = 0) -> Iterator:
     for k in range(n):
         metal = ("Cu", "Pd", "Au")[k % 3]
         slab = fcc111(metal, size=(2, 2, 3), vacuum=10.0)
-        n_slab = len(slab)
         layer = np.round(slab.positions[:, 2], 3)
         top = layer >= layer.max() - 1e-3
         ads = ADSORBATES[k % len(ADSORBATES)]
@@ -67,7 +66,6 @@ def synthetic_slabs(n: int, seed: int = 0) -> Iterator:
         fixed = np.concatenate([(layer <= layer.min() + 1e-3).astype(int), np.zeros(len(ads), dtype=int)])
         y = -0.5 * len(ads) + 0.3 * (metal == "Au") - 0.2 * height + 0.05 * rng.normal()
         yield _record(pos, z, tags, fixed, np.asarray(slab.cell), y, p, sid=k)
-        del n_slab
 
 
 def write_fixture(folder: Path, n: int, sizes: list[int]) -> dict[int, Path]:
