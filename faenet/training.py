@@ -14,6 +14,11 @@ and energy + forces (S2EF, QM7-X).
   normaliser references, frames and losses live on it; only logged scalars come back to the CPU, once per
   epoch. ``amp`` (``off``/``bf16``/``fp16``, the last with a gradient scaler) autocasts the training forward
   only; evaluation stays float32.
+- Data loading: in memory (``GraphDataset(in_memory=True)``, the default) or streamed from the LMDBs
+  (``in_memory=False``) through ``num_workers`` DataLoader worker processes (each opens its own read-only
+  LMDB environment, ``faenet.data.store``), persistent across epochs, batches in the same order as with
+  ``num_workers=0``; the normaliser of a streamed training set is fitted in one pass that keeps the targets
+  only (``Normalizer.fit_stream``), so no split is ever held whole in memory.
 - Data parallel (``faenet.distributed``): with ``dist.world_size > 1`` the model is wrapped in DDP, each rank
   trains on its slice of the global batch with losses normalised by global counts, evaluation is sharded and
   reduced exactly, and rank 0 alone writes the checkpoint. ``dist=None`` is today's single-process path.
@@ -26,8 +31,10 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +47,7 @@ from tqdm.auto import tqdm
 
 from faenet import distributed as ddp
 from faenet.checkpoint import resume_checkpoint, rng_state, save_checkpoint, set_rng_state
-from faenet.data.dataset import check_split
+from faenet.data.dataset import check_split, is_streamed
 from faenet.device import autocast, check_amp, grad_scaler
 from faenet.metrics import EWT_THRESHOLD_EV, energy_mae, energy_within_threshold, force_mae
 from faenet.warmup import prepare_model
@@ -112,6 +119,47 @@ class Normalizer:
         std = float(y.std())
         return cls(float(y.mean()), std if std > 1e-8 else 1.0, shift)
 
+    @classmethod
+    def fit_stream(cls, records: Callable[[], Iterable[Any]], enabled: bool = True,
+                   element_shift: bool = False) -> Normalizer:
+        """``fit`` without a list of the training records: ``records()`` yields them afresh on each call.
+
+        One pass keeps only the targets, 8 bytes a record in a float64 array (34 MB for QM7-X's 4.2M
+        conformers, nothing of the records), so that mean and std are computed by the very reductions ``fit``
+        uses: bit-identical to ``fit`` without ``element_shift``, hence a streamed run trains the same numbers
+        as an in-memory one. With ``element_shift`` the per-record element counts C cannot be kept (N x Zmax
+        floats), so the pass sums the normal equations ``C^T C`` and ``C^T y`` in float64 ((Zmax+1)^2 floats),
+        solved by the same minimum-norm least squares as ``fit`` (``gelsd``: Z absent from the data get 0),
+        and a second pass subtracts the fitted element energies; equal to ``fit`` to float rounding (the normal
+        equations square the condition number; measured on the embedded QM7-X set in ``tests/test_streaming``).
+        """
+        ys = array("d")
+        gram: np.ndarray = np.zeros((1, 1))
+        rhs: np.ndarray = np.zeros(1)
+        for r in records():
+            y = float(r.y)
+            ys.append(y)
+            if element_shift:
+                c = np.bincount(r.atomic_numbers.long().numpy(), minlength=1).astype(np.float64)
+                if c.size > rhs.size:  # a heavier element than seen so far: grow the sums (zeros elsewhere)
+                    gram = np.pad(gram, ((0, c.size - rhs.size), (0, c.size - rhs.size)))
+                    rhs = np.pad(rhs, (0, c.size - rhs.size))
+                c = np.pad(c, (0, rhs.size - c.size))
+                gram += np.outer(c, c)
+                rhs += c * y
+        y_all = torch.from_numpy(np.frombuffer(ys, dtype=np.float64).copy())
+        shift = None
+        if element_shift and len(ys):
+            sol = torch.linalg.lstsq(torch.from_numpy(gram), torch.from_numpy(rhs)[:, None],
+                                     driver="gelsd").solution[:, 0]
+            shift = tuple(float(v) for v in sol)
+            ref = array("d", (float(sol[r.atomic_numbers.long()].sum()) for r in records()))  # second pass
+            y_all = y_all - torch.from_numpy(np.frombuffer(ref, dtype=np.float64).copy())
+        if not enabled or y_all.numel() < 2:
+            return cls(element_shift=shift)
+        std = float(y_all.std())
+        return cls(float(y_all.mean()), std if std > 1e-8 else 1.0, shift)
+
     def reference(self, batch: Any) -> Tensor:
         """Per-graph ``sum_i shift[Z_i]`` (B,), float64; zeros without an element shift."""
         n_graphs = int(batch.num_graphs) if getattr(batch, "num_graphs", None) is not None else 1
@@ -136,6 +184,43 @@ class Normalizer:
 def _epoch_loader(dataset: Dataset, batch_size: int, seed: int, epoch: int, cuda: bool) -> DataLoader:
     gen = torch.Generator().manual_seed(seed * 100003 + epoch)  # per-epoch shuffle: resumable
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=gen, pin_memory=cuda)
+
+
+def _as_list(records: list[Any]) -> list[Any]:
+    """Collate that keeps the records as they are (module level: picklable for spawned workers)."""
+    return records
+
+
+def record_stream(dataset: Dataset, num_workers: int = 0, chunk: int = 256) -> Iterator[Any]:
+    """Every record of ``dataset`` once, in index order, decoded by ``num_workers`` DataLoader workers (0: here);
+    nothing is kept after it is yielded (the normaliser's pass over a streamed training set)."""
+    if num_workers == 0:
+        for i in range(len(dataset)):
+            yield dataset[i]
+        return
+    # torch's DataLoader, not PyG's: PyG's replaces ``collate_fn`` with its batch collater. A generator of its
+    # own for the workers' base seed: drawn from the global RNG, it would shift the frame draws of training.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=chunk, shuffle=False, num_workers=num_workers,
+                                         collate_fn=_as_list, generator=torch.Generator().manual_seed(0))
+    for part in loader:
+        yield from part
+
+
+def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int, dist: ddp.Dist,
+                 cuda: bool) -> tuple[DataLoader, ddp.GlobalBatchSampler]:
+    """The training DataLoader of ``num_workers > 0`` workers, built once: persistent workers (each keeps its own
+    LMDB environment across epochs) and a batch sampler (``set_epoch`` before each epoch) over the 1-process
+    order ``epoch_order``, cut in batches as ``_epoch_loader`` cuts it; under DDP, this rank's slices.
+
+    The loader gets a generator of its own for its workers' base seed, so it draws nothing from the global RNG
+    (which the SFA frames and DA rotations use): the batches and the draws are those of ``num_workers=0``.
+    """
+    n = len(dataset)
+    order = lru_cache(maxsize=2)(lambda epoch: epoch_order(n, seed, epoch))  # len() and iter() ask twice
+    sampler = ddp.GlobalBatchSampler(n, batch_size, dist, order)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=True,
+                        pin_memory=cuda, generator=torch.Generator().manual_seed(seed))
+    return loader, sampler
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -213,9 +298,12 @@ def lr_factor(step: int, s: TrainSettings, total_steps: int) -> float:
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalizer, needs_forces: bool,
-            seed: int = 12345, device: torch.device | None = None) -> dict[str, Tensor]:
+            seed: int = 12345, device: torch.device | None = None, num_workers: int = 0) -> dict[str, Tensor]:
     """De-normalised predictions (eV, eV/Å) for a whole dataset, in a forked RNG (SFA draws frames), on
-    ``device`` (default: the CPU; the model must be there already). The tensors stay on the device."""
+    ``device`` (default: the CPU; the model must be there already). The tensors stay on the device.
+
+    ``num_workers`` DataLoader workers read the batches (not persistent: an evaluation is one pass; the loader
+    draws its base seed from the forked RNG whatever the count, so the frame draws do not depend on it)."""
     device = device or torch.device("cpu")
     was_training = model.training
     model.eval()
@@ -223,7 +311,8 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalize
     cuda = device.type == "cuda"
     with torch.random.fork_rng(devices=[device] if cuda else []):
         torch.manual_seed(seed)
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=cuda):
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=cuda,
+                                num_workers=num_workers):
             batch = batch.to(device, non_blocking=cuda)
             with torch.enable_grad() if needs_forces else torch.no_grad():
                 out = model(batch)
@@ -262,11 +351,13 @@ def _error_sums(pred: Mapping[str, Tensor]) -> list[float]:
 
 
 def sharded_metrics(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalizer, needs_forces: bool,
-                    dist: ddp.Dist, device: torch.device, seed: int = 12345) -> dict[str, float]:
+                    dist: ddp.Dist, device: torch.device, seed: int = 12345, num_workers: int = 0
+                    ) -> dict[str, float]:
     """``mae_metrics`` under DDP: rank r predicts samples ``r::W`` (each once, no padding) and the error sums
     are reduced over ranks in float64. Every rank gets the metrics."""
     local = torch.utils.data.Subset(dataset, ddp.shard(len(dataset), dist))
-    sums = _error_sums(predict(model, local, batch_size, norm, needs_forces, seed, device)) if len(local) else (
+    sums = _error_sums(predict(model, local, batch_size, norm, needs_forces, seed, device, num_workers)) if len(
+        local) else (
         [0.0] * (5 if needs_forces else 3))
     total = ddp.reduce_sums(sums, dist, device)
     out = {"energy_mae": total[0] / total[2], "energy_ewt": total[1] / total[2]}
@@ -277,15 +368,16 @@ def sharded_metrics(model: nn.Module, dataset: Dataset, batch_size: int, norm: N
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalizer, needs_forces: bool,
              seed: int = 12345, split: str = "eval", device: torch.device | None = None,
-             dist: ddp.Dist | None = None) -> dict[str, float]:
+             dist: ddp.Dist | None = None, num_workers: int = 0) -> dict[str, float]:
     """``mae_metrics`` of ``model`` on ``dataset`` (named ``split`` in errors); an empty split or one with
     atomic numbers the model does not embed is refused first (``faenet.data.dataset.check_split``). Under DDP
-    (``dist`` with several ranks), sharded and reduced (``sharded_metrics``): call it on every rank."""
+    (``dist`` with several ranks), sharded and reduced (``sharded_metrics``): call it on every rank.
+    ``num_workers``: DataLoader workers reading the split (``predict``)."""
     check_split(model, dataset, split)
     if dist is not None and dist.enabled:
         return sharded_metrics(model, dataset, batch_size, norm, needs_forces, dist, device or torch.device("cpu"),
-                               seed)
-    return mae_metrics(predict(model, dataset, batch_size, norm, needs_forces, seed, device))
+                               seed, num_workers)
+    return mae_metrics(predict(model, dataset, batch_size, norm, needs_forces, seed, device, num_workers))
 
 
 @dataclass
@@ -312,6 +404,7 @@ def train(
     amp: str = "off",
     dist: ddp.Dist | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    num_workers: int = 0,
 ) -> TrainResult:
     """Train ``model`` (already wrapped by its symmetry method) and evaluate on each split every epoch.
 
@@ -325,6 +418,10 @@ def train(
     initialised, ``faenet.distributed.init``); the model is wrapped here, ``settings.batch_size`` is the
     per-rank batch, and only rank 0 writes ``checkpoint_path`` (every rank resumes from it) and calls
     ``on_epoch``.
+
+    ``num_workers`` (> 0): DataLoader worker processes read the training and evaluation batches
+    (``train_loader``, ``predict``); same batches, same numbers as 0. A streamed training set
+    (``GraphDataset(in_memory=False)``, or a ``Subset`` of one) gets its normaliser from ``Normalizer.fit_stream``.
     """
     check_split(model, train_set, "train")  # before anything is fitted: empty splits, Z the model lacks
     for name, val_set in val_sets.items():
@@ -335,16 +432,27 @@ def train(
     check_amp(amp, device)
     cuda = device.type == "cuda"
     _seed_everything(s.seed)
-    norm = Normalizer.fit([train_set[i] for i in range(len(train_set))], s.normalize_targets, s.element_shift)
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if is_streamed(train_set):  # no list of every record: one pass of running sums, decoded by the workers
+        norm = Normalizer.fit_stream(lambda: record_stream(train_set, num_workers), s.normalize_targets,
+                                     s.element_shift)
+    else:  # in memory: today's fit, bit for bit (the records are held anyway)
+        norm = Normalizer.fit([train_set[i] for i in range(len(train_set))], s.normalize_targets,
+                              s.element_shift)
     model.to(device)
     net: nn.Module = model
     if dist.enabled:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if cuda else None)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     scaler = grad_scaler(amp, device)
-    sampler = (ddp.GlobalBatchSampler(len(train_set), s.batch_size, dist,
-                                      lambda epoch: epoch_order(len(train_set), s.seed, epoch))
-               if dist.enabled else None)
+    worker_loader: DataLoader | None = None
+    if num_workers > 0:  # one loader for the whole run: its workers persist across epochs
+        worker_loader, sampler = train_loader(train_set, s.batch_size, s.seed, num_workers, dist, cuda)
+    else:
+        sampler = (ddp.GlobalBatchSampler(len(train_set), s.batch_size, dist,
+                                          lambda epoch: epoch_order(len(train_set), s.seed, epoch))
+                   if dist.enabled else None)
     steps_per_epoch = len(sampler) if sampler is not None else math.ceil(len(train_set) / s.batch_size)
     total_steps = steps_per_epoch * s.epochs
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=s.plateau_factor,
@@ -385,7 +493,14 @@ def train(
             # One stream per (seed, rank, epoch) for frame draws / DA rotations: reproducible for a fixed world
             # size, and a resumed run (every rank restarts at an epoch) draws what an uninterrupted one drew.
             torch.manual_seed(ddp.rank_seed(s.seed, dist.rank, epoch))
-        if sampler is not None:
+        if worker_loader is not None:
+            sampler.set_epoch(epoch)
+            loader = worker_loader
+            if dist.enabled:
+                # The num_workers=0 DDP loader below draws its base seed from the global RNG every epoch (this
+                # one has its own generator): draw the same int64, so the frame draws are those of 0 workers.
+                torch.empty((), dtype=torch.int64).random_()
+        elif sampler is not None:
             sampler.set_epoch(epoch)  # the same global permutation on every rank
             loader = DataLoader(train_set, batch_sampler=sampler, pin_memory=cuda)
         else:
@@ -444,10 +559,10 @@ def train(
             # predict, not evaluate: the split was checked once above, not every epoch.
             if dist.enabled:
                 metrics = sharded_metrics(model, val_sets[name], s.batch_size * 4, norm, needs_forces, dist,
-                                          device)
+                                          device, num_workers=num_workers)
             else:
                 metrics = mae_metrics(predict(model, val_sets[name], s.batch_size * 4, norm, needs_forces,
-                                              device=device))
+                                              device=device, num_workers=num_workers))
             for k, v in metrics.items():
                 row[f"{name}_{k}"] = v
         row["lr"] = opt.param_groups[0]["lr"]

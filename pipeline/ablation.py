@@ -150,7 +150,7 @@ def run_ablation(params: Params, data_dir: Path = DATA, results_path: Path = RES
     # Every (variant, seed) run in parallel processes, as the train stage runs seeds (small models use two cores
     # better as two runs than as one run on two threads); results do not depend on the number of workers.
     data = DataSpec({n: str(split_paths[n]) for n in ("train", *base.eval_splits)}, "is2re", rewire,
-                    tuple(range(len(sets["train"]))) if subset else None)
+                    tuple(range(len(sets["train"]))) if subset else None, in_memory=not prof.train.stream)
     todo = [(v, s) for v in variants for s in specs[v]]
     jobs = [Job(spec, data, tuple(cells[v].eval_splits), cells[v].needs_forces, cells[v].eval_batch_size)
             for v, spec in todo]

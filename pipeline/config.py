@@ -238,6 +238,15 @@ class TrainConfig(Strict):
     # Mixed precision of the training forward (off | bf16 | fp16, fp16 with a grad scaler and CUDA only); never
     # used for evaluation or symmetry metrics. Not "off" changes the runs' keys.
     amp: Literal["off", "bf16", "fp16"] = "off"
+    # Read the LMDB splits lazily (true) instead of decoding each whole split into memory (false, the default):
+    # for OC20 S2EF-2M / QM7-X, which do not fit. Same records and batches; the normaliser from one pass
+    # (faenet.training.Normalizer.fit_stream): bit-identical without an element shift, to float rounding with
+    # one (then, only, in the runs' keys).
+    stream: bool = False
+    # DataLoader worker processes per training process reading and collating the batches (0: in the training
+    # process, the default); persistent across epochs, each with its own LMDB environment. Same batches and
+    # numbers for any count, so not in the runs' keys. With train.workers > 1, each run's process has its own.
+    num_workers: NonNegInt = 0
     # DDP ranks of the train stage on this node (> 1: the stage re-executes itself under torchrun --standalone;
     # under torchrun/srun already, the launcher's world size is used). Global batch = batch_size x ranks.
     nproc_per_node: PositiveInt = 1

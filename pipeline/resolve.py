@@ -184,7 +184,9 @@ def resolve_run(params: Params, cell: ResolvedCell | str, seed: int, target: str
                    run_name=run_name, rewiring=cell.rewiring, frame_dim=cell.frame_dim, run_params=run_params,
                    tags=tags, config=config, extra_key=dict(extra_key or {}),
                    device=_profile(params, cell.profile).train.device,
-                   amp=_profile(params, cell.profile).train.amp)
+                   amp=_profile(params, cell.profile).train.amp,
+                   num_workers=_profile(params, cell.profile).train.num_workers,
+                   stream=_profile(params, cell.profile).train.stream)
 
 
 def run_provenance_tags() -> dict[str, str]:

@@ -73,6 +73,10 @@ class RunSpec:
     extra_key: dict[str, Any] = field(default_factory=dict)  # anything else the run depends on (e.g. a subset)
     device: str = "auto"  # train.device (not in the key: where a run computes, not what it is)
     amp: str = "off"  # train.amp (in the key when not "off": mixed precision changes the numbers)
+    num_workers: int = 0  # train.num_workers (not in the key: DataLoader workers give the same batches)
+    # train.stream: in the key only with an element shift, whose streamed normal equations agree with the
+    # in-memory least squares to float rounding only (without one, a streamed run is bit-identical).
+    stream: bool = False
 
     @property
     def tag(self) -> str:
@@ -91,6 +95,8 @@ class RunSpec:
             parts["extra"] = self.extra_key
         if self.amp != "off":  # idem
             parts["amp"] = self.amp
+        if self.stream and getattr(self.settings, "element_shift", False):  # idem
+            parts["stream"] = True
         return digest(parts)
 
     @property
@@ -187,11 +193,11 @@ def fit(spec: RunSpec, sets: Mapping[str, Any], eval_names: Sequence[str], needs
     check_splits(net, sets, eval_names)
     result = train(wrapped, sets["train"], {n: sets[n] for n in eval_names[:1]}, spec.settings, needs_forces,
                    checkpoint_path=spec.ckpt_path, on_epoch=lambda epoch, _: epoch_ended.update({epoch: time.time()}),
-                   progress=progress, device=device, amp=spec.amp, dist=dist)
+                   progress=progress, device=device, amp=spec.amp, dist=dist, num_workers=spec.num_workers)
     if result.resumed_from_epoch and dist.is_main:
         print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}", flush=True)
     final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces, split=n,
-                         device=device, dist=dist)
+                         device=device, dist=dist, num_workers=spec.num_workers)
              for n in eval_names}
     net.to("cpu")  # the final state is stored CPU-side (loadable anywhere)
     if spec.target != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply
@@ -277,13 +283,14 @@ class DataSpec:
     task: str
     transform: Any = None  # a picklable callable (e.g. ``pipeline.train.RecordTransform``), or None
     train_indices: tuple[int, ...] | None = None  # a subset of the train split (stage scaling); None = all
+    in_memory: bool = True  # False (train.stream): read the LMDBs lazily, records decoded on access
 
     def open(self) -> dict[str, Any]:
         from torch.utils.data import Subset
 
         from faenet.data.dataset import GraphDataset
 
-        sets = {name: GraphDataset(path, task=self.task, transform=self.transform)
+        sets = {name: GraphDataset(path, task=self.task, transform=self.transform, in_memory=self.in_memory)
                 for name, path in self.paths.items()}
         if self.train_indices is not None:
             sets["train"] = Subset(sets["train"], list(self.train_indices))

@@ -47,13 +47,14 @@ def _cell_jobs(params: Params, cell: str, fractions: list[float], subset_seed: i
     if "train" not in split_paths:
         raise FileNotFoundError(f"{data_dir}/train.lmdb is missing: run `dvc repro fetch` first")
     eval_names = tuple(s for s in rc.eval_splits if s in split_paths)
-    n_train = len(GraphDataset(split_paths["train"], task=c.dataset))
+    n_train = len(GraphDataset(split_paths["train"], task=c.dataset, in_memory=False))  # the length only
     subsets = nested_subsets(n_train, fractions, subset_seed)
     transform = RecordTransform(True) if rc.rewiring == "remove-tag-0" else None
     data_hash = content_hash(data_dir)
     jobs: list[tuple[float, Any]] = []
     for frac, idx in subsets.items():
-        data = DataSpec({n: str(split_paths[n]) for n in ("train", *eval_names)}, c.dataset, transform, tuple(idx))
+        data = DataSpec({n: str(split_paths[n]) for n in ("train", *eval_names)}, c.dataset, transform, tuple(idx),
+                        in_memory=not params.active.train.stream)
         for seed in rc.seeds:
             spec = resolve_run(params, rc, seed, data_hash=data_hash, folder=f"scaling/{cell}/f{frac:g}",
                                stage="scaling", extra_key={"train_fraction": frac, "subset_seed": subset_seed},

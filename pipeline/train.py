@@ -186,7 +186,8 @@ def _run_cell(params: Params, rc: Any, out: CellOutputs, dist: Any) -> int:
         transform = RecordTransform(rc.rewiring == "remove-tag-0", t_index, target)
         if not transform.rewire and t_index is None:
             transform = None
-        data = DataSpec({name: str(split_paths[name]) for name in ["train", *eval_names]}, task, transform)
+        data = DataSpec({name: str(split_paths[name]) for name in ["train", *eval_names]}, task, transform,
+                        in_memory=not prof.train.stream)
         for seed in rc.seeds:
             spec = resolve_run(params, rc, seed, target, data_hash=data_hash, provenance_tags=prov)
             jobs.append(Job(spec, data, tuple(eval_names), rc.needs_forces, rc.eval_batch_size,

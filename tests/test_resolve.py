@@ -188,3 +188,26 @@ def test_bad_arguments_name_the_value():
         resolve_run(PARAMS, "faenet-is2re-sfa", 0, "gap", data_hash="h", provenance_tags=PROVENANCE)
     with pytest.raises(ConfigError, match="unknown row 'Nope'"):
         resolve_cell(PARAMS, "faenet", "is2re", "sfa", table6_row="Nope")
+
+
+def test_stream_and_num_workers_reach_the_run_and_stay_out_of_its_key():
+    # Streaming and loader workers give the same batches and numbers (tests/test_streaming.py): the default
+    # runs keep their keys; only a streamed element-shift normaliser (float rounding) changes one.
+    def spec(stream: bool, workers: int, cell: str = "faenet-is2re-sfa"):
+        raw = copy.deepcopy(RAW)
+        raw["profiles"]["default"]["train"].update(stream=stream, num_workers=workers)
+        return resolve_run(parse_params(raw, check_models=False), cell, 0, data_hash="h",
+                           provenance_tags=PROVENANCE)
+
+    base = resolve_run(PARAMS, "faenet-is2re-sfa", 0, data_hash="h", provenance_tags=PROVENANCE)
+    assert (base.num_workers, base.stream) == (0, False)
+    fast = spec(True, 4)
+    assert (fast.num_workers, fast.stream) == (4, True) and fast.key == base.key
+    shifted = [c for c, v in PARAMS.train_cells.items() if v.dataset == "qm7x"]
+    if shifted:
+        assert spec(True, 0, shifted[0]).key != spec(False, 4, shifted[0]).key == resolve_run(
+            PARAMS, shifted[0], 0, data_hash="h", provenance_tags=PROVENANCE).key
+    raw = copy.deepcopy(RAW)
+    raw["profiles"]["default"]["train"]["num_workers"] = -1
+    with pytest.raises(ConfigError, match="num_workers"):
+        parse_params(raw, check_models=False)

@@ -45,11 +45,16 @@ def lmdb_files(path_or_paths: str | os.PathLike | list[str | os.PathLike]) -> li
     return files
 
 
+LAZY_RELEASE_BYTES = 16 << 20  # per LMDB file of a lazy GraphDataset: at most ~16 MiB of its map resident
+
+
 class GraphDataset(Dataset):
     """Records of one task (``TASKS``) from LMDB file(s), validated against the schema.
 
     ``in_memory=True`` decodes and validates every record once at construction; ``False`` reads lazily
-    (validating each record when it is read). ``transform`` (e.g. :func:`remove_tag0`) is applied on access.
+    (validating each record when it is read): only the file lengths are kept, so a split larger than memory
+    can be streamed, and the dataset pickles without an open LMDB environment (each DataLoader worker opens
+    its own, ``faenet.data.store.LmdbReader``). ``transform`` (e.g. :func:`remove_tag0`) is applied on access.
     Global index -> (file, local index) by bisection over cumulative lengths, as OC20 does.
     """
 
@@ -59,7 +64,9 @@ class GraphDataset(Dataset):
             raise ValueError(f"task {task!r} is not one of {TASKS}")
         self.task, self.transform = task, transform
         self.files = lmdb_files(path_or_paths)
-        self.readers = [LmdbReader(f) for f in self.files]
+        # Lazy: each reader unmaps what it read every LAZY_RELEASE_BYTES, so a pass over a split larger than
+        # memory does not leave the whole file in the resident set (``LmdbReader``).
+        self.readers = [LmdbReader(f, release_bytes=None if in_memory else LAZY_RELEASE_BYTES) for f in self.files]
         self.cum = np.cumsum([len(r) for r in self.readers]).tolist()
         self.records: list[Data] | None = None
         # (lo, hi, model name): Z range a model embeds, checked per record on lazy reads (``require_atomic_numbers``).
@@ -249,6 +256,14 @@ def nested_subsets(n: int, fractions: Sequence[float], seed: int) -> dict[float,
         raise ValueError(f"fractions must lie in (0, 1), got {bad}")
     order = np.random.default_rng(seed).permutation(n)
     return {f: sorted(int(i) for i in order[:max(1, round(f * n))]) for f in sorted(fractions)}
+
+
+def is_streamed(dataset: Any) -> bool:
+    """Whether ``dataset`` (or the dataset under its ``Subset`` layers) is a lazily read ``GraphDataset``: its
+    records are decoded on access, never all held (the trainer then fits its normaliser in one streaming
+    pass)."""
+    inner, _ = _unwrap(dataset)
+    return isinstance(inner, GraphDataset) and inner.records is None
 
 
 def dataset_location(dataset: Any) -> str:

@@ -330,14 +330,33 @@ def write_lmdb(path: str | os.PathLike, records: Iterable[Data], *, commit_every
     return n
 
 
-# py-lmdb refuses to open one file twice in a process (also after fork, where the inherited environment
-# stays usable read-only), so readers of the same file share one environment, reference-counted.
+# py-lmdb refuses to open one file twice in a process, so readers of the same file share one environment,
+# reference-counted. Environments belong to the process that opened them (LMDB: "do not use an environment
+# after fork()"): a forked child (a DataLoader worker) inherits the parent's table and py-lmdb's registry, so
+# the first acquire in a new process closes its inherited copies (the parent's own stay open) and opens its
+# own; a spawned child starts with an empty table. Keys carry the pid for that reason.
 _ENVS: dict[tuple, list] = {}
+_ENVS_PID = os.getpid()
+
+
+def _drop_inherited_envs() -> None:
+    global _ENVS_PID
+    pid = os.getpid()
+    if _ENVS_PID == pid:
+        return
+    for env, _ in _ENVS.values():
+        try:
+            env.close()  # this process's mapping only: the parent's environment is unaffected
+        except lmdb.Error:
+            pass
+    _ENVS.clear()
+    _ENVS_PID = pid
 
 
 def _acquire_env(path: Path) -> tuple[lmdb.Environment, tuple]:
+    _drop_inherited_envs()
     st = path.stat()
-    key = (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
+    key = (os.getpid(), str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
     entry = _ENVS.get(key)
     if entry is None:
         try:
@@ -353,7 +372,7 @@ def _acquire_env(path: Path) -> tuple[lmdb.Environment, tuple]:
 
 
 def _release_env(key: tuple) -> None:
-    entry = _ENVS.get(key)
+    entry = _ENVS.get(key) if key[0] == os.getpid() else None  # a key inherited through fork: not ours
     if entry is None:
         return
     entry[1] -= 1
@@ -365,11 +384,18 @@ def _release_env(key: tuple) -> None:
 class LmdbReader:
     """Lazy random access to one OC20-layout LMDB file: ``len(r)``, ``r[i]`` -> ``Data``.
 
-    The environment opens read-only with ``lock=False`` on first use (so the reader can be sent to DataLoader
-    worker processes before it is opened).
+    The environment opens read-only with ``lock=False`` on first use in each process: a reader sent to (spawn,
+    pickled without its environment) or inherited by (fork) a DataLoader worker opens its own there
+    (``env_pid`` says which process opened the one in use).
+
+    ``release_bytes``: after reading that many bytes, the reader closes its environment (reopened on the next
+    read, some 50 µs). The pages of the memory map a read touched stay in this process's resident set until the
+    map is closed: a pass over a 100 GB split would show 100 GB of RSS (reclaimable page cache, but counted by
+    ``ru_maxrss`` and by batch schedulers). Closing bounds that to about ``release_bytes``; the kernel keeps
+    the pages cached, so the next reads do not go to disk. None (the default): keep the map open.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, release_bytes: int | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             hint = " (it is a folder: pass the .lmdb file inside it)" if self.path.is_dir() else ""
@@ -379,10 +405,14 @@ class LmdbReader:
         self._env: lmdb.Environment | None = None
         self._key: tuple | None = None
         self._len: int | None = None
+        self.env_pid: int | None = None
+        self.release_bytes = release_bytes
+        self._bytes_read = 0
 
     def _open(self) -> lmdb.Environment:
-        if self._env is None:
+        if self._env is None or self.env_pid != os.getpid():  # none yet, or the parent's (inherited by fork)
             self._env, self._key = _acquire_env(self.path)
+            self.env_pid = os.getpid()
         return self._env
 
     def __len__(self) -> int:
@@ -407,7 +437,11 @@ class LmdbReader:
             raise IndexError(f"index {idx} out of range for {self.path} with {n} records")
         idx %= n
         with self._open().begin() as txn:
-            b = txn.get(str(idx).encode("ascii"))
+            b = txn.get(str(idx).encode("ascii"))  # a copy (buffers=False): nothing points into the map after
+        if self.release_bytes is not None and b is not None:
+            self._bytes_read += len(b)
+            if self._bytes_read >= self.release_bytes:
+                self.close()  # unmaps the touched pages (docstring); the next read reopens
         if b is None:
             raise StoreError(f"{self.path}: key '{idx}' is missing although the file holds {n} records; "
                              "the file is corrupt: regenerate or re-download it")
@@ -435,7 +469,8 @@ class LmdbReader:
     def close(self) -> None:
         if self._env is not None:
             _release_env(self._key)
-            self._env, self._key = None, None
+            self._env, self._key, self.env_pid = None, None, None
+        self._bytes_read = 0
 
     def __del__(self) -> None:
         try:
@@ -444,7 +479,8 @@ class LmdbReader:
             pass
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_env": None, "_key": None, "_len": self._len}
+        return {"path": self.path, "_env": None, "_key": None, "_len": self._len, "env_pid": None,
+                "release_bytes": self.release_bytes, "_bytes_read": 0}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
