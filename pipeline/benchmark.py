@@ -185,6 +185,8 @@ def plan(params: Params) -> tuple[list[Job], dict[str, dict[str, dict[str, str]]
 
     for hp in hparam_sets(params):
         for model in params.design:
+            if model in b.exclude_models or f"{hp}:{model}" in b.exclude_models:
+                continue
             cap = b.max_graphs.get(model)
             n_same = min(b.batch_size * b.n_batches, cap or 10**9)
             bs_paper = min(b.paper_batch_sizes.get(model, b.batch_size), b.max_batch_size or 10**9)
@@ -764,6 +766,9 @@ def write_report(result: dict[str, Any], path: Path = REPORT_PATH) -> None:
              f"{_f(result['load_average']['after'][0])}. Profile `{result['profile']}`, {result['seconds']:.0f} s.", ""]
     for line in target_lines(result):
         lines.append(f"- **{line}**")
+    skipped = result["config"].get("exclude_models") or []
+    if skipped:
+        lines.append(f"- Not benchmarked (`benchmark.exclude_models`): {', '.join(skipped)}.")
     alloc = result.get("allocator_sensitivity")
     if alloc:
         lines += ["", "## Allocator sensitivity of the speed-target pair", "",
