@@ -603,12 +603,12 @@ def throughput_ratios(result: dict[str, Any]) -> dict[str, Any]:
 
 
 GEMNET_DATA = ROOT / "data" / "qm7x" / "train.lmdb"
-GEMNET_BATCH, GEMNET_BATCHES = 16, 2
+GEMNET_BATCHES = 2
 
 
 def gemnet_costs(params: Params) -> dict[str, Any] | None:
     """GemNet-T against GemNet-Q (both when ``train_cells`` has them; their QM7-X cells' profile hyperparameters,
-    forces as trained) on the same batches: the first ``GEMNET_BATCHES`` x ``GEMNET_BATCH`` graphs of the
+    forces as trained) on the same batches: the first ``GEMNET_BATCHES`` x ``benchmark.batch_size`` graphs of the
     embedded QM7-X-like train split (molecules: the quadruplets of the OC20-sized slabs are out of CPU reach).
     Interleaved forward throughput (samples/s) and training-step seconds per sample, each model's scaling
     factors fitted on those batches first; ``q_over_t``: time ratios (> 1: GemNet-T cheaper).
@@ -628,11 +628,11 @@ def gemnet_costs(params: Params) -> dict[str, Any] | None:
     if not models or not GEMNET_DATA.exists():
         return None
     t0 = time.perf_counter()
-    ds = GraphDataset(GEMNET_DATA, task="qm7x")
-    n = GEMNET_BATCH * GEMNET_BATCHES
-    graphs = [ds[i] for i in range(min(2 * n, len(ds)))]
-    batches, held_out = _batches(graphs[:n], GEMNET_BATCH), _batches(graphs[n:], GEMNET_BATCH)
     b = params.active.benchmark
+    ds = GraphDataset(GEMNET_DATA, task="qm7x")
+    n = b.batch_size * GEMNET_BATCHES
+    graphs = [ds[i] for i in range(min(2 * n, len(ds)))]
+    batches, held_out = _batches(graphs[:n], b.batch_size), _batches(graphs[n:], b.batch_size)
     nets, hp = {}, {}
     for m in models:
         rc = _cell(params, "profile", m, "qm7x")
@@ -643,7 +643,7 @@ def gemnet_costs(params: Params) -> dict[str, Any] | None:
     train = {m: measure_training_step(nets[m], batches, needs_forces=True, warmup=1, repeats=b.train_repeats)
              for m in models}
     out: dict[str, Any] = {
-        "data": f"first {n} graphs of data/qm7x/train.lmdb, batches of {GEMNET_BATCH}", "hparams": "profile (qm7x)",
+        "data": f"first {n} graphs of data/qm7x/train.lmdb, batches of {b.batch_size}", "hparams": "profile (qm7x)",
         "models": {m: {"samples_per_s": inf[m]["samples_per_s"],
                        "train_seconds_per_sample": train[m]["seconds_per_sample"],
                        "n_params": sum(p.numel() for p in nets[m].parameters())} for m in models}}

@@ -181,7 +181,7 @@ def test_exclude_models_drops_a_model_at_every_or_one_hparam_set():
 
 
 
-def test_gemnet_costs_on_the_same_molecule_batches(monkeypatch):
+def test_gemnet_costs_on_the_same_molecule_batches():
     """GemNet-T vs GemNet-Q (smoke sizes) on the same QM7-X-like batches, and GemNet-T's per-layer variance with
     and without its fitted factors (held-out batches). Needs the fetched data/qm7x."""
     if not bm.GEMNET_DATA.exists():
@@ -190,7 +190,6 @@ def test_gemnet_costs_on_the_same_molecule_batches(monkeypatch):
     raw["profile"] = "smoke"
     raw["profiles"]["smoke"]["benchmark"] = {**raw["profiles"]["smoke"]["benchmark"], "repeats": 1}
     params = parse_params(raw, check_models=False)
-    monkeypatch.setattr(bm, "GEMNET_BATCH", 4)
     out = bm.gemnet_costs(params)
     assert set(out["models"]) == {"gemnet_t", "gemnet_q"}
     assert all(m["samples_per_s"] > 0 and m["train_seconds_per_sample"] > 0 for m in out["models"].values())
