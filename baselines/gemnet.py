@@ -759,6 +759,37 @@ def fit_scaling_factors(model: nn.Module, batches: Iterable[Any]) -> dict[str, f
     return fitted
 
 
+def activation_variance_ratios(model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+    """log2 of var(output) / var(reference) of every scaling factor's layer with the model's current factors
+    (fitted, or all 1 for none): the quantity §4's factors set to 0 on the batches they are fitted on.
+    Same statistic as :func:`fit_scaling_factors` (mean per-feature unbiased variance, weighted by rows), all
+    factors observed in the same passes (eval mode, no gradients). Returns ``{factor name: log2 ratio}``."""
+    factors = model.scale_factors()
+    acc = {sf.name: {"in": 0.0, "out": 0.0} for sf in factors}
+
+    def observer(name: str) -> Callable[[Tensor, Tensor], None]:
+        def observe(ref: Tensor, out: Tensor) -> None:
+            n = out.shape[0]
+            if n >= 2 and ref.shape[0] >= 2:
+                acc[name]["in"] += float(torch.var(ref, dim=0).mean()) * n
+                acc[name]["out"] += float(torch.var(out, dim=0).mean()) * n
+        return observe
+
+    was_training = model.training
+    model.eval()
+    try:
+        for sf in factors:
+            sf.observer = observer(sf.name)
+        with torch.no_grad():
+            for b in batches:
+                model._predict(b)
+    finally:
+        for sf in factors:
+            sf.observer = None
+        model.train(was_training)
+    return {k: math.log2(a["out"] / a["in"]) for k, a in acc.items() if a["in"] > 0 and a["out"] > 0}
+
+
 @register("gemnet_t")
 class GemNetT(_GemNet):
     """GemNet-T (triplets only). Defaults: the FAENet authors' OC20 IS2RE config (their OCP fork

@@ -185,6 +185,8 @@ def plan(params: Params) -> tuple[list[Job], dict[str, dict[str, dict[str, str]]
 
     for hp in hparam_sets(params):
         for model in params.design:
+            if model in b.exclude_models or f"{hp}:{model}" in b.exclude_models:
+                continue
             cap = b.max_graphs.get(model)
             n_same = min(b.batch_size * b.n_batches, cap or 10**9)
             bs_paper = min(b.paper_batch_sizes.get(model, b.batch_size), b.max_batch_size or 10**9)
@@ -314,6 +316,7 @@ def run_benchmark(params: Params) -> dict[str, Any]:
     result["allocator_sensitivity"] = allocator
     result["speed_targets"] = speed_targets(result)
     result["paper_claims"] = paper_claims()
+    result["gemnet"] = gemnet_costs(params)
     result["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
@@ -599,6 +602,70 @@ def throughput_ratios(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+GEMNET_DATA = ROOT / "data" / "qm7x" / "train.lmdb"
+GEMNET_BATCHES = 2
+
+
+def gemnet_costs(params: Params) -> dict[str, Any] | None:
+    """GemNet-T against GemNet-Q (both when ``train_cells`` has them; their QM7-X cells' profile hyperparameters,
+    forces as trained) on the same batches: the first ``GEMNET_BATCHES`` x ``benchmark.batch_size`` graphs of the
+    embedded QM7-X-like train split (molecules: the quadruplets of the OC20-sized slabs are out of CPU reach).
+    Interleaved forward throughput (samples/s) and training-step seconds per sample, each model's scaling
+    factors fitted on those batches first; ``q_over_t``: time ratios (> 1: GemNet-T cheaper).
+
+    ``scale_factors``: the per-layer activation variance of GemNet-T (§4 of shared/references/gemnet_facts.md):
+    log2 var(out)/var(in) of every scaled layer on the NEXT ``GEMNET_BATCHES`` batches (held out from the fit),
+    with the fitted factors and with every factor 1. None without QM7-X data or GemNet cells."""
+    import torch
+
+    from baselines.gemnet import activation_variance_ratios
+    from baselines.registry import build_model
+    from faenet.data.dataset import GraphDataset
+    from faenet.throughput import measure_forward_throughput_interleaved, measure_training_step
+    from faenet.warmup import prepare_model
+
+    models = [m for m in ("gemnet_t", "gemnet_q") if "qm7x" in params.design.get(m, {})]
+    if not models or not GEMNET_DATA.exists():
+        return None
+    t0 = time.perf_counter()
+    b = params.active.benchmark
+    ds = GraphDataset(GEMNET_DATA, task="qm7x")
+    n = b.batch_size * GEMNET_BATCHES
+    graphs = [ds[i] for i in range(min(2 * n, len(ds)))]
+    batches, held_out = _batches(graphs[:n], b.batch_size), _batches(graphs[n:], b.batch_size)
+    nets, hp = {}, {}
+    for m in models:
+        rc = _cell(params, "profile", m, "qm7x")
+        torch.manual_seed(0)
+        nets[m], hp[m] = build_model(m, **rc.hparams), rc.hparams
+        prepare_model(nets[m], batches)
+    inf = measure_forward_throughput_interleaved(nets, batches, warmup=b.warmup, repeats=b.repeats)
+    train = {m: measure_training_step(nets[m], batches, needs_forces=True, warmup=1, repeats=b.train_repeats)
+             for m in models}
+    out: dict[str, Any] = {
+        "data": f"first {n} graphs of data/qm7x/train.lmdb, batches of {b.batch_size}", "hparams": "profile (qm7x)",
+        "models": {m: {"samples_per_s": inf[m]["samples_per_s"],
+                       "train_seconds_per_sample": train[m]["seconds_per_sample"],
+                       "n_params": sum(p.numel() for p in nets[m].parameters())} for m in models}}
+    if len(models) == 2:
+        t, q = out["models"]["gemnet_t"], out["models"]["gemnet_q"]
+        out["q_over_t"] = {"inference": t["samples_per_s"] / q["samples_per_s"],
+                           "epoch_time": q["train_seconds_per_sample"] / t["train_seconds_per_sample"]}
+    if "gemnet_t" in nets and held_out:
+        net = nets["gemnet_t"]
+        fitted = activation_variance_ratios(net, held_out)
+        saved = {sf.name: float(sf.scale) for sf in net.scale_factors()}
+        for sf in net.scale_factors():
+            sf.scale.fill_(1.0)
+        unscaled = activation_variance_ratios(net, held_out)
+        for sf in net.scale_factors():
+            sf.scale.fill_(saved[sf.name])
+        out["scale_factors"] = {"model": "gemnet_t", "held_out_graphs": len(graphs) - n, "factors": saved,
+                                "log2_var_ratio": {"fitted": fitted, "unscaled": unscaled}}
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
 def s2ef_ratios(result: dict[str, Any]) -> dict[str, Any]:
     """ForceNet's S2EF training time per sample over FAENet-SFA's (> 1: FAENet faster), vs Table 1."""
     out: dict[str, Any] = {}
@@ -764,6 +831,28 @@ def write_report(result: dict[str, Any], path: Path = REPORT_PATH) -> None:
              f"{_f(result['load_average']['after'][0])}. Profile `{result['profile']}`, {result['seconds']:.0f} s.", ""]
     for line in target_lines(result):
         lines.append(f"- **{line}**")
+    skipped = result["config"].get("exclude_models") or []
+    if skipped:
+        lines.append(f"- Not benchmarked on the slabs (`benchmark.exclude_models`): {', '.join(skipped)}.")
+    gem = result.get("gemnet")
+    if gem:
+        lines += ["", "## GemNet-T vs GemNet-Q (same QM7-X-like batches)", "", f"{gem['data']}, {gem['hparams']} "
+                  "hyperparameters, scaling factors fitted on these batches.", "",
+                  "| model | params | infer [samples/s] | train [ms/sample] |", "|---|---|---|---|"]
+        for name, g in gem["models"].items():
+            lines.append(f"| {name} | {g['n_params']} | {g['samples_per_s']:.1f} | "
+                         f"{1000 * g['train_seconds_per_sample']:.2f} |")
+        if "q_over_t" in gem:
+            lines += ["", f"GemNet-Q / GemNet-T time: inference {gem['q_over_t']['inference']:.2f}x, training "
+                      f"{gem['q_over_t']['epoch_time']:.2f}x."]
+        sc = gem.get("scale_factors")
+        if sc:
+            fit, raw = sc["log2_var_ratio"]["fitted"], sc["log2_var_ratio"]["unscaled"]
+            lines += ["", f"Scaling factors ({sc['model']}, {sc['held_out_graphs']} held-out graphs): "
+                      "|log2 var(out)/var(in)| per scaled layer, mean (max): fitted "
+                      f"{sum(abs(v) for v in fit.values()) / len(fit):.3f} ({max(abs(v) for v in fit.values()):.3f}), "
+                      f"all factors 1 {sum(abs(v) for v in raw.values()) / len(raw):.3f} "
+                      f"({max(abs(v) for v in raw.values()):.3f})."]
     alloc = result.get("allocator_sensitivity")
     if alloc:
         lines += ["", "## Allocator sensitivity of the speed-target pair", "",

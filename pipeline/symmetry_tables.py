@@ -30,8 +30,11 @@ ROW_ORDER = {
 }
 LABELS = {"faenet-full": "Full FA", "faenet-sfa": "SFA", "faenet-se3-sfa": "SE(3)-SFA", "faenet-da": "DA",
           "faenet-notrain": "No-Train", "faenet-none": "No-FA", "schnet-none": "SchNet",
-          "forcenet-none": "ForceNet", "forcenet-da": "ForceNet-DA", "forcenet-sfa": "ForceNet-SFA"}
-MODEL_NAMES = {"faenet": "FAENet", "schnet": "SchNet", "dimenet_pp": "DimeNet++", "forcenet": "ForceNet"}
+          "forcenet-none": "ForceNet", "forcenet-da": "ForceNet-DA", "forcenet-sfa": "ForceNet-SFA",
+          # not rows of the paper's Tables 11-12 (invariant by construction, like SchNet): ours only
+          "gemnet_t-none": "GemNet-T (ours only)", "gemnet_q-none": "GemNet-Q (ours only)"}
+MODEL_NAMES = {"faenet": "FAENet", "schnet": "SchNet", "dimenet_pp": "DimeNet++", "forcenet": "ForceNet",
+               "gemnet_t": "GemNet-T", "gemnet_q": "GemNet-Q"}
 METHOD_NAMES = {"sfa": "SFA", "full": "Full FA", "se3-sfa": "SE(3)-SFA", "se3-full": "SE(3)-Full FA", "da": "DA"}
 # Table columns: (metric key in our results, paper key, header).
 TABLE_METRICS = {

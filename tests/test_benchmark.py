@@ -169,3 +169,35 @@ def test_paper_claims_are_computed_from_the_tables():
     assert claims["faenet_vs_dimenet_pp_infer_is2re"]["table_ratio"] == pytest.approx(2469 / 115)
     assert claims["forcenet_vs_faenet_train_s2ef"]["table_ratio"] == pytest.approx(1476 / 75)
     assert claims["full_fa_vs_sfa_cost"]["table_ratio"] is None
+
+
+def test_exclude_models_drops_a_model_at_every_or_one_hparam_set():
+    params = _params(exclude_models=["gemnet_q", "profile:gemnet_t"], paper_hparams=True)
+    jobs, protocols = bm.plan(params)
+    by = {(j.hparams, j.model) for j in jobs}
+    assert ("profile", "gemnet_q") not in by and ("paper", "gemnet_q") not in by
+    assert ("profile", "gemnet_t") not in by and ("paper", "gemnet_t") in by
+    assert ("profile", "schnet") in by
+
+
+
+def test_gemnet_costs_on_the_same_molecule_batches():
+    """GemNet-T vs GemNet-Q (smoke sizes) on the same QM7-X-like batches, and GemNet-T's per-layer variance with
+    and without its fitted factors (held-out batches). Needs the fetched data/qm7x."""
+    if not bm.GEMNET_DATA.exists():
+        pytest.skip("data/qm7x is not fetched")
+    raw = yaml.safe_load(PARAMS_PATH.read_text())
+    raw["profile"] = "smoke"
+    raw["profiles"]["smoke"]["benchmark"] = {**raw["profiles"]["smoke"]["benchmark"], "repeats": 1}
+    params = parse_params(raw, check_models=False)
+    out = bm.gemnet_costs(params)
+    assert set(out["models"]) == {"gemnet_t", "gemnet_q"}
+    assert all(m["samples_per_s"] > 0 and m["train_seconds_per_sample"] > 0 for m in out["models"].values())
+    assert set(out["q_over_t"]) == {"inference", "epoch_time"}
+    sc = out["scale_factors"]
+    assert sc["held_out_graphs"] == 8 and set(sc["log2_var_ratio"]["fitted"]) == set(sc["factors"])
+    # fitted on other batches, the factors still bring every scaled layer nearer var(out) = var(in)
+    fit, raw_ = sc["log2_var_ratio"]["fitted"], sc["log2_var_ratio"]["unscaled"]
+    assert sum(map(abs, fit.values())) < sum(map(abs, raw_.values()))
+    raw["train_cells"] = {k: v for k, v in raw["train_cells"].items() if not k.startswith("gemnet")}
+    assert bm.gemnet_costs(parse_params(raw, check_models=False)) is None

@@ -383,3 +383,18 @@ def test_graphs_without_triplets_or_edges_are_handled(name):
     assert torch.isfinite(out["forces"]).all()
     assert out["energy"][1:].abs().max() == 0 and out["forces"][2:].abs().max() == 0
     torch.testing.assert_close(out["energy"][:1], model(dimer)["energy"])
+
+
+def test_activation_variance_ratios_match_the_recorder_and_do_not_touch_the_model():
+    """The benchmark's measurement (``activation_variance_ratios``) = log2 of the test recorder's ratios; it
+    leaves no observer behind and keeps the model's mode."""
+    model = tiny("gemnet_t", regress_forces="direct", num_blocks=2, emb_size_atom=16, emb_size_edge=16)
+    gm.fit_scaling_factors(model, batches(1, 4))
+    fresh = batches(2, 3)
+    model.train()
+    got = gm.activation_variance_ratios(model, fresh)
+    assert model.training and all(sf.observer is None for sf in model.scale_factors())
+    ref = _ratios(model, fresh)
+    assert set(got) == set(ref)
+    for k, r in ref.items():
+        assert got[k] == pytest.approx(np.log2(r), rel=1e-9, abs=1e-12), k
