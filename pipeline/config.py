@@ -298,6 +298,36 @@ class ModelSpec(Strict):
 # Evaluation stages
 # ----------------------------------------------------------------------------------------------------------
 
+FRAME_CONSTRUCTIONS = ("pca", "lattice", "edges")  # = faenet.frames.FRAME_CONSTRUCTIONS (config stays torch-free)
+
+
+class WrapIConfig(Strict):
+    """Wrap-I in stage ``symmetry`` (beyond the paper): the change of a trained FA cell's energy when atoms are
+    moved by lattice vectors (``n_transforms`` draws of random integer offsets per atom, and of an in-plane
+    translation then wrapping) on ``max_graphs`` graphs of the evaluated split, with each of ``frames``
+    (``faenet.frames.FRAME_CONSTRUCTIONS``: ``pca`` is the paper's and the one the cells were trained with;
+    ``lattice`` / ``edges`` are wrap-invariant constructions swapped in at inference). ``cells``: shell-style
+    patterns over cell names; only cells with an FA method (sfa, full, se3-*) are evaluated (the frames of
+    none / DA cells are not used). SFA draws the same frame for a structure and its moved copy, so Wrap-I
+    measures the frames, not the draw. ``edge_cutoff`` (Å) weights the edges of ``edges``. Empty ``cells``
+    turns it off.
+    """
+
+    cells: list[str] = Field(default_factory=list)
+    frames: list[Literal[FRAME_CONSTRUCTIONS]] = Field(default_factory=lambda: list(FRAME_CONSTRUCTIONS),
+                                                       min_length=1)
+    n_transforms: PositiveInt = 2
+    max_graphs: PositiveInt = 16
+    edge_cutoff: PositiveFloat = 6.0
+
+    @field_validator("frames")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"frames lists a construction twice: {v}")
+        return v
+
+
 class SymmetryEvalConfig(Strict):
     """Stage ``symmetry`` (App. D, Tables 11-12): metrics of every trained cell on the ID validation split.
 
@@ -323,6 +353,7 @@ class SymmetryEvalConfig(Strict):
     threads: PositiveInt = 1
     workers: PositiveInt = 1
     exclude: list[str] = Field(default_factory=list)
+    wrap_i: WrapIConfig = Field(default_factory=WrapIConfig)
 
     @field_validator("datasets")
     @classmethod
