@@ -538,6 +538,37 @@ class SimulateConfig(Strict):
     threads: PositiveInt = 1
 
 
+class ContinuityConfig(Strict):
+    """Stage ``continuity`` (beyond the paper): FA predictions of trained ``cells`` along a path through a
+    degenerate PCA spectrum (``faenet.continuity``): the ``val_id`` structure nearest to degeneracy among the
+    first ``candidates``, ``n_points`` (odd: one on the crossing) along a path whose ends split the two leading
+    variances by ``width`` (relative); SFA is the mean of ``n_draws`` draws (``seed``). ``uncap_neighbors``:
+    evaluate without the data's neighbour cap, which ranks equidistant periodic images and makes the backbone
+    itself jump along any strain (see ``SimulateConfig.max_num_neighbors``)."""
+
+    cells: list[str] = Field(default_factory=lambda: ["faenet-qm7x-sfa", "faenet-is2re-sfa"])
+    n_points: PositiveInt = 41
+    width: PositiveFloat = 0.1
+    n_draws: PositiveInt = 16
+    candidates: PositiveInt = 64
+    seed: NonNegInt = 0
+    uncap_neighbors: bool = True
+
+    @field_validator("n_points")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v < 5 or v % 2 == 0:
+            raise ValueError(f"n_points must be odd and >= 5 (a point on the crossing, second differences), got {v}")
+        return v
+
+    @field_validator("width")
+    @classmethod
+    def _below_one(cls, v: float) -> float:
+        if v >= 1:
+            raise ValueError(f"width (relative split of the two variances) must be < 1, got {v}")
+        return v
+
+
 class Profile(Strict):
     description: str = ""
     data: DataConfig = DataConfig()
@@ -549,6 +580,7 @@ class Profile(Strict):
     benchmark: BenchmarkConfig = BenchmarkConfig()
     scaling: ScalingConfig = ScalingConfig()
     simulate: SimulateConfig = SimulateConfig()
+    continuity: ContinuityConfig = ContinuityConfig()
 
     def model_hparams(self, model: str, task: str) -> dict[str, Any]:
         """The profile's hyperparameters of ``model`` for ``task`` ({} = the constructor's defaults)."""

@@ -9,7 +9,15 @@ from scipy import stats
 
 from pipeline.reporting import claims
 from pipeline.reporting import verdicts as V
-from pipeline.reporting.claims import CONTRADICTED, INCONCLUSIVE, NOT_MEASURABLE, REPRODUCED, evaluate_claims
+from pipeline.reporting.claims import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    NOT_MEASURABLE,
+    REPRODUCED,
+    Claim,
+    Missing,
+    evaluate_claims,
+)
 from pipeline.tables import load_paper
 
 NOISE = (-0.01, 0.0, 0.01)  # three seeds
@@ -209,3 +217,23 @@ def test_trend_column_reads_the_scaling_stage():
                                     "faenet-is2re-sfa": cell("is2re", {"0.25": 0.3, "0.5": 0.45, "1.0": 0.6})}}
     assert "away from the paper" in _by_id(evaluate_claims({**ctx, "scaling": reverse}))[
         "is2re-improvement-vs-schnet"].trend
+
+
+def test_beyond_paper_continuity_claim_reads_the_stage():
+    from pipeline.reporting.claims import c_fa_discontinuous
+
+    def ctx(none_ratio, full_excess):
+        cell = {"periodic": False, "eigengap": [0.1, 0.0, 0.1], "crossing_index": 1,
+                "max_jump_per_A": {"none": 0.1, "full": 1.0}, "excess_jump": {"none": 1e-4, "full": full_excess},
+                "jump_ratio": {"none": none_ratio, "full": 50.0}}
+        return {"continuity": {"cells": {"faenet-qm7x-sfa": cell}}}
+
+    def run(x):
+        c = Claim(id="x", text="", where="", paper=None, criterion="", protocol="")
+        return c_fa_discontinuous(x, c), c
+
+    assert run(ctx(1.0, 1e-2))[0] == REPRODUCED
+    assert run(ctx(1.0, 1.5e-4))[0] == CONTRADICTED
+    assert run(ctx(1.0, 5e-4))[0] == INCONCLUSIVE
+    with pytest.raises(Missing, match="backbone itself jumps"):
+        run(ctx(50.0, 1e-2))
