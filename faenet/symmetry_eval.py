@@ -191,8 +191,9 @@ def wrap_i_by_frames(predict: DenormalizedPredictor, records: Sequence[Any], *, 
                      degenerate_tol: float = DEFAULT_DEGENERACY_TOL) -> dict[str, dict[str, float | int]]:
     """Wrap-I (meV, ``faenet.symmetry_metrics.wrap_invariance``) of ``predict`` with each frame construction.
 
-    Returns ``{construction: {"wrap_i_offsets", "wrap_i_translate" (meV), "n_degenerate", "n_graphs",
-    "seconds"}}``. The moves are the same draws for every construction (a generator seeded with ``seed``).
+    Returns ``{construction: {"wrap_i_offsets", "wrap_i_translate", "mae_meV" (meV; energy MAE of the
+    unmoved graphs with that construction), "n_degenerate", "n_graphs", "seconds"}}``. The moves are the same
+    draws for every construction (a generator seeded with ``seed``).
     For SFA the wrapper's frame draw is reseeded before every forward, so a structure and its moved copy get
     the same frame index: Wrap-I then measures the frames, not the SFA draw noise. ``n_degenerate`` counts
     graphs whose frames under that construction have a relative gap below ``degenerate_tol``. The wrapper's
@@ -215,6 +216,9 @@ def wrap_i_by_frames(predict: DenormalizedPredictor, records: Sequence[Any], *, 
             t0 = time.perf_counter()
             res = wrap_invariance(fixed_draw, batches, n_transforms=n_transforms,
                                   generator=torch.Generator().manual_seed(seed), energy_scale=ENERGY_SCALE)
+            # The accuracy cost of swapping the construction in at inference (the model saw PCA frames).
+            errors = _error_per_graph([fixed_draw(b) for b in batches], batches)["abs_energy_error"]
+            res["mae_meV"] = float(errors.mean())
             n_deg = 0
             for b in batches:
                 fr = compute_frames_by(construction, b.pos, b.batch, b.num_graphs, wrapper.frame_dim,

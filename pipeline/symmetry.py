@@ -491,7 +491,8 @@ def _cell_entry(runs: list[dict[str, Any]], frame_dim: int, paths: StagePaths) -
                         **{k: _stat([r["res"][split].get(k) for r in runs]) for k in keys}}
     entry["mae_meV"] = entry["all"]["mae_meV"]
     if runs[0].get("wrap_i"):  # {construction: {metric: stat over seeds}}; trained with PCA frames
-        entry["wrap_i"] = {c: {k: _stat([r["wrap_i"][c][k] for r in runs]) if k.startswith("wrap_i_") else v
+        entry["wrap_i"] = {c: {k: _stat([r["wrap_i"][c][k] for r in runs]) if k.startswith("wrap_i_") or k == "mae_meV"
+                               else v
                                for k, v in w.items() if k != "seconds"}
                            for c, w in runs[0]["wrap_i"].items()}
     train_mae = job.meta.get("splits", {}).get("val_id", {}).get("energy_mae") if job.trained else None

@@ -243,7 +243,7 @@ def write_wrap_table(result: Mapping[str, Any], folder: Path) -> Path:
     output always exists."""
     cfg = result["config"].get("wrap_i", {})
     header = ["Task", "Cell", "Frames at inference", "Wrap-I offsets (meV)", "Wrap-I translate+wrap (meV)",
-              "degenerate frames"]
+              "energy MAE (meV)", "degenerate frames"]
     rows: list[list[str]] = []
     csv_rows: list[dict[str, Any]] = []
     for task in result["config"]["datasets"]:
@@ -251,10 +251,12 @@ def write_wrap_table(result: Mapping[str, Any], folder: Path) -> Path:
             for c, w in e.get("wrap_i", {}).items():
                 rows.append([task, f"{e['label']} (`{cell}`)", WRAP_FRAME_NAMES.get(c, c),
                              fmt_stat(w["wrap_i_offsets"]), fmt_stat(w["wrap_i_translate"]),
-                             f"{w['n_degenerate']}/{w['n_graphs']}"])
+                             fmt_stat(w.get("mae_meV")), f"{w['n_degenerate']}/{w['n_graphs']}"])
                 r: dict[str, Any] = {"task": task, "cell": cell, "frames": c, "n_graphs": w["n_graphs"],
                                      "n_degenerate": w["n_degenerate"], "seeds": ";".join(map(str, e["seeds"]))}
-                for k in ("wrap_i_offsets", "wrap_i_translate"):
+                for k in ("wrap_i_offsets", "wrap_i_translate", "mae_meV"):
+                    if k not in w:
+                        continue
                     r[f"{k}_mean"], r[f"{k}_std"] = w[k]["mean"], w[k]["std"]
                     r[f"{k}_per_seed"] = ";".join(repr(x) for x in w[k]["per_seed"])
                 r["mlflow_run_ids"] = ";".join(x for x in e["mlflow_run_ids"] if x)
