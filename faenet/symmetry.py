@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from faenet.frames import compute_frames, num_frames, project, project_all, rotate_back
+from faenet.frames import FRAME_CONSTRUCTIONS, compute_frames_by, num_frames, project, project_all, rotate_back
 
 METHODS = ("none", "da", "sfa", "full", "se3-sfa", "se3-full")
 EQUIVARIANT_OUTPUTS = ("forces", "forces_grad_target")
@@ -209,12 +209,19 @@ class SymmetryWrapper(nn.Module):
     ``differentiable_frames``: keep d(frame)/d(pos) in the autograd graph (``compute_frames(differentiable=
     True)``; same outputs), so that autograd through the wrapper gives the exact gradient of its energy
     (``faenet.calculator``). Off by default: training and evaluation treat the frame as a constant.
+    ``frame_construction``: how FA methods build their frames (``faenet.frames.FRAME_CONSTRUCTIONS``):
+    ``pca`` (Eq. (2), the paper's), or ``lattice`` / ``edges``, invariant to moving atoms by lattice vectors
+    (``faenet.frames.compute_frames_by``; ``edge_cutoff`` in Å weights the edges of ``edges``).
     """
 
     def __init__(self, model: nn.Module, method: str = "none", frame_dim: int = 3,
                  generator: torch.Generator | None = None, da_reflect: bool = True,
-                 differentiable_frames: bool = False) -> None:
+                 differentiable_frames: bool = False, frame_construction: str = "pca",
+                 edge_cutoff: float = 6.0) -> None:
         super().__init__()
+        if frame_construction not in FRAME_CONSTRUCTIONS:
+            raise ValueError(f"unknown frame construction {frame_construction!r}; allowed: "
+                             f"{', '.join(FRAME_CONSTRUCTIONS)}")
         if method not in METHODS:
             raise ValueError(f"unknown symmetry method {method!r}; allowed: {', '.join(METHODS)}")
         if frame_dim not in (2, 3):
@@ -226,6 +233,8 @@ class SymmetryWrapper(nn.Module):
         self.da_reflect = da_reflect
         self.se3 = method.startswith("se3-")
         self.differentiable_frames = differentiable_frames
+        self.frame_construction = frame_construction
+        self.edge_cutoff = edge_cutoff
 
     @property
     def regress_forces(self) -> str:
@@ -237,7 +246,8 @@ class SymmetryWrapper(nn.Module):
         return num_frames(self.frame_dim, self.se3) if self.method.endswith(("sfa", "full")) else 1
 
     def extra_repr(self) -> str:
-        return f"method={self.method!r}, frame_dim={self.frame_dim}"
+        return (f"method={self.method!r}, frame_dim={self.frame_dim}, "
+                f"frame_construction={getattr(self, 'frame_construction', 'pca')!r}")
 
     def draw_frames(self, num_graphs: int, device: torch.device | str = "cpu") -> Tensor:
         """(B,) frame indices, uniform in [0, num_frames) (SFA, Eq. (5))."""
@@ -256,9 +266,13 @@ class SymmetryWrapper(nn.Module):
                                 data.pos.device)
             out = self.model(apply_transform(data, q))
             return _map_back(out, q, batch)
-        frames = compute_frames(data.pos, batch, b, self.frame_dim, self.se3,
-                                differentiable=getattr(self, "differentiable_frames", False))
         cell = getattr(data, "cell", None)
+        frames = compute_frames_by(getattr(self, "frame_construction", "pca"), data.pos, batch, b, self.frame_dim,
+                                   self.se3, differentiable=getattr(self, "differentiable_frames", False),
+                                   cell=cell, pbc=getattr(data, "pbc", None),
+                                   edge_index=getattr(data, "edge_index", None),
+                                   cell_offsets=getattr(data, "cell_offsets", None),
+                                   edge_cutoff=getattr(self, "edge_cutoff", 6.0))
         if m.endswith("sfa"):
             pos_f, cell_f, rot = project(data.pos, cell, batch, frames, self.draw_frames(b, batch.device))
             moved = copy.copy(data)

@@ -12,6 +12,9 @@ tracking), so a notebook can evaluate a checkpoint it built itself:
 - ``evaluate_symmetry(predictor, records, ...)``: Rot-I, Refl-I, %-diff, Pos, F-Rot-E, F-Refl-E (meV,
   meV/Å, %, Å) over every graph and split by PCA-frame degeneracy, plus the energy (and force) MAE of the
   same predictions on the untransformed graphs.
+- ``wrap_i_by_frames(predictor, records, frames=...)``: Wrap-I (lattice moves of the atoms, beyond the
+  paper) of the same model with each frame construction swapped in at inference (``pca``, ``lattice``,
+  ``edges``; ``faenet.frames.compute_frames_by``).
 
 Reproducibility: the transforms come from a generator seeded with ``seed`` (the same draws for every model
 given the same records and batch size, so rows of a table are paired comparisons); stochastic frames (SFA)
@@ -21,6 +24,7 @@ come from the wrapper's own generator, which the caller seeds.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,9 +32,9 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from faenet.frames import DEFAULT_DEGENERACY_TOL
+from faenet.frames import DEFAULT_DEGENERACY_TOL, compute_frames_by, is_degenerate
 from faenet.symmetry import SymmetryWrapper
-from faenet.symmetry_metrics import METRIC_KEYS, frame_degeneracy_mask, summarize, symmetry_metrics
+from faenet.symmetry_metrics import METRIC_KEYS, frame_degeneracy_mask, summarize, symmetry_metrics, wrap_invariance
 from faenet.training import Normalizer
 
 #: Graph splits of every result: all evaluated graphs, then those whose PCA frames are (not) degenerate.
@@ -179,4 +183,50 @@ def evaluate_symmetry(predict: DenormalizedPredictor, records: Sequence[Any], *,
     out["units"] = {**{k: v for k, v in res["units"].items() if k in keys}, "mae_meV": "meV",
                     "force_mae_meV_per_A": "meV/Å"}
     out["per_graph"] = {k: v.tolist() for k, v in {**per_graph, **errors}.items()}
+    return out
+
+
+def wrap_i_by_frames(predict: DenormalizedPredictor, records: Sequence[Any], *, frames: Sequence[str],
+                     n_transforms: int, batch_size: int, seed: int, edge_cutoff: float = 6.0,
+                     degenerate_tol: float = DEFAULT_DEGENERACY_TOL) -> dict[str, dict[str, float | int]]:
+    """Wrap-I (meV, ``faenet.symmetry_metrics.wrap_invariance``) of ``predict`` with each frame construction.
+
+    Returns ``{construction: {"wrap_i_offsets", "wrap_i_translate", "mae_meV" (meV; energy MAE of the
+    unmoved graphs with that construction), "n_degenerate", "n_graphs", "seconds"}}``. The moves are the same
+    draws for every construction (a generator seeded with ``seed``).
+    For SFA the wrapper's frame draw is reseeded before every forward, so a structure and its moved copy get
+    the same frame index: Wrap-I then measures the frames, not the SFA draw noise. ``n_degenerate`` counts
+    graphs whose frames under that construction have a relative gap below ``degenerate_tol``. The wrapper's
+    construction and generator are restored afterwards.
+    """
+    wrapper = predict.wrapper
+    saved = (getattr(wrapper, "frame_construction", "pca"), getattr(wrapper, "edge_cutoff", 6.0), wrapper.generator)
+    batches = make_batches(records, batch_size)
+    draw = torch.Generator().manual_seed(seed)
+
+    def fixed_draw(data: Any) -> dict[str, Tensor]:
+        draw.manual_seed(seed)
+        return predict(data)
+
+    out: dict[str, dict[str, float | int]] = {}
+    try:
+        wrapper.generator, wrapper.edge_cutoff = draw, edge_cutoff
+        for construction in frames:
+            wrapper.frame_construction = construction
+            t0 = time.perf_counter()
+            res = wrap_invariance(fixed_draw, batches, n_transforms=n_transforms,
+                                  generator=torch.Generator().manual_seed(seed), energy_scale=ENERGY_SCALE)
+            # The accuracy cost of swapping the construction in at inference (the model saw PCA frames).
+            errors = _error_per_graph([fixed_draw(b) for b in batches], batches)["abs_energy_error"]
+            res["mae_meV"] = float(errors.mean())
+            n_deg = 0
+            for b in batches:
+                fr = compute_frames_by(construction, b.pos, b.batch, b.num_graphs, wrapper.frame_dim,
+                                       wrapper.se3, cell=b.cell, pbc=b.pbc, edge_index=b.edge_index,
+                                       cell_offsets=b.cell_offsets, edge_cutoff=edge_cutoff)
+                n_deg += int(is_degenerate(fr, degenerate_tol).sum())
+            out[construction] = {**res, "n_degenerate": n_deg, "n_graphs": sum(int(b.num_graphs) for b in batches),
+                                 "seconds": time.perf_counter() - t0}
+    finally:
+        wrapper.frame_construction, wrapper.edge_cutoff, wrapper.generator = saved
     return out

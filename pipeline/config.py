@@ -307,6 +307,36 @@ class ModelSpec(Strict):
 # Evaluation stages
 # ----------------------------------------------------------------------------------------------------------
 
+FRAME_CONSTRUCTIONS = ("pca", "lattice", "edges")  # = faenet.frames.FRAME_CONSTRUCTIONS (config stays torch-free)
+
+
+class WrapIConfig(Strict):
+    """Wrap-I in stage ``symmetry`` (beyond the paper): the change of a trained FA cell's energy when atoms are
+    moved by lattice vectors (``n_transforms`` draws of random integer offsets per atom, and of an in-plane
+    translation then wrapping) on ``max_graphs`` graphs of the evaluated split, with each of ``frames``
+    (``faenet.frames.FRAME_CONSTRUCTIONS``: ``pca`` is the paper's and the one the cells were trained with;
+    ``lattice`` / ``edges`` are wrap-invariant constructions swapped in at inference). ``cells``: shell-style
+    patterns over cell names; only cells with an FA method (sfa, full, se3-*) are evaluated (the frames of
+    none / DA cells are not used). SFA draws the same frame for a structure and its moved copy, so Wrap-I
+    measures the frames, not the draw. ``edge_cutoff`` (Å) weights the edges of ``edges``. Empty ``cells``
+    turns it off.
+    """
+
+    cells: list[str] = Field(default_factory=list)
+    frames: list[Literal[FRAME_CONSTRUCTIONS]] = Field(default_factory=lambda: list(FRAME_CONSTRUCTIONS),
+                                                       min_length=1)
+    n_transforms: PositiveInt = 2
+    max_graphs: PositiveInt = 16
+    edge_cutoff: PositiveFloat = 6.0
+
+    @field_validator("frames")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"frames lists a construction twice: {v}")
+        return v
+
+
 class SymmetryEvalConfig(Strict):
     """Stage ``symmetry`` (App. D, Tables 11-12): metrics of every trained cell on the ID validation split.
 
@@ -332,6 +362,7 @@ class SymmetryEvalConfig(Strict):
     threads: PositiveInt = 1
     workers: PositiveInt = 1
     exclude: list[str] = Field(default_factory=list)
+    wrap_i: WrapIConfig = Field(default_factory=WrapIConfig)
 
     @field_validator("datasets")
     @classmethod
@@ -520,6 +551,37 @@ class SimulateConfig(Strict):
     threads: PositiveInt = 1
 
 
+class ContinuityConfig(Strict):
+    """Stage ``continuity`` (beyond the paper): FA predictions of trained ``cells`` along a path through a
+    degenerate PCA spectrum (``faenet.continuity``): the ``val_id`` structure nearest to degeneracy among the
+    first ``candidates``, ``n_points`` (odd: one on the crossing) along a path whose ends split the two leading
+    variances by ``width`` (relative); SFA is the mean of ``n_draws`` draws (``seed``). ``uncap_neighbors``:
+    evaluate without the data's neighbour cap, which ranks equidistant periodic images and makes the backbone
+    itself jump along any strain (see ``SimulateConfig.max_num_neighbors``)."""
+
+    cells: list[str] = Field(default_factory=lambda: ["faenet-qm7x-sfa", "faenet-is2re-sfa"])
+    n_points: PositiveInt = 41
+    width: PositiveFloat = 0.1
+    n_draws: PositiveInt = 16
+    candidates: PositiveInt = 64
+    seed: NonNegInt = 0
+    uncap_neighbors: bool = True
+
+    @field_validator("n_points")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v < 5 or v % 2 == 0:
+            raise ValueError(f"n_points must be odd and >= 5 (a point on the crossing, second differences), got {v}")
+        return v
+
+    @field_validator("width")
+    @classmethod
+    def _below_one(cls, v: float) -> float:
+        if v >= 1:
+            raise ValueError(f"width (relative split of the two variances) must be < 1, got {v}")
+        return v
+
+
 class Profile(Strict):
     description: str = ""
     data: DataConfig = DataConfig()
@@ -531,6 +593,7 @@ class Profile(Strict):
     benchmark: BenchmarkConfig = BenchmarkConfig()
     scaling: ScalingConfig = ScalingConfig()
     simulate: SimulateConfig = SimulateConfig()
+    continuity: ContinuityConfig = ContinuityConfig()
 
     def model_hparams(self, model: str, task: str) -> dict[str, Any]:
         """The profile's hyperparameters of ``model`` for ``task`` ({} = the constructor's defaults)."""

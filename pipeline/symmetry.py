@@ -85,7 +85,7 @@ from pipeline.config import (
     params_hash,
     stage_main,
 )
-from pipeline.symmetry_tables import SPLITS, fmt_stat, ordered_rows, row_label, write_tables
+from pipeline.symmetry_tables import SPLITS, fmt_stat, ordered_rows, row_label, write_tables, write_wrap_table
 from pipeline.tables import mean_std
 from pipeline.tracking import write_json
 
@@ -386,9 +386,29 @@ def run_job(job: _Job, params: Params, paths: StagePaths) -> dict[str, Any]:
     res = evaluate_symmetry(predictor, data.records(rewiring), frame_dim=FRAME_DIM[job.task],
                             n_transforms=cfg.n_transforms, batch_size=cfg.batch_size, seed=cfg.seed,
                             degenerate_tol=cfg.degenerate_tol, translation_scale=cfg.translation_scale)
-    return {"res": res, "rewiring": rewiring, "notrain_normalizer": notrain_norm,
+    wrap = _wrap_i(job, cfg, predictor, data.records(rewiring))
+    return {"res": res, "wrap_i": wrap, "rewiring": rewiring, "notrain_normalizer": notrain_norm,
             "seconds": time.perf_counter() - t0, "indices": data.indices, "split": data.split,
             "n_split": data.n_split}
+
+
+def wrap_i_wanted(job: _Job, wcfg: Any) -> bool:
+    """Whether Wrap-I is measured for a job: a trained FA cell matching ``symmetry.wrap_i.cells`` (the
+    frames of none / DA cells are never used, so swapping the construction changes nothing there)."""
+    return (job.trained and job.symmetry.endswith(("sfa", "full"))
+            and any(fnmatch.fnmatchcase(job.cell, pat) for pat in wcfg.cells))
+
+
+def _wrap_i(job: _Job, cfg: Any, predictor: Any, records: list) -> dict[str, Any] | None:
+    """Wrap-I of the job's model with each ``symmetry.wrap_i.frames`` construction (None when not wanted)."""
+    wcfg = cfg.wrap_i
+    if not wrap_i_wanted(job, wcfg):
+        return None
+    from faenet.symmetry_eval import wrap_i_by_frames
+
+    return wrap_i_by_frames(predictor, records[: wcfg.max_graphs], frames=wcfg.frames,
+                            n_transforms=wcfg.n_transforms, batch_size=cfg.batch_size, seed=cfg.seed,
+                            edge_cutoff=wcfg.edge_cutoff, degenerate_tol=cfg.degenerate_tol)
 
 
 def _expected_cost(job: _Job, jobs: list[_Job]) -> float:
@@ -435,7 +455,9 @@ def evaluate_all(params: Params, paths: StagePaths, log_run: RunLogger | None = 
             tags = {"dvc_stage": "symmetry", "cell": job.cell, "profile": params.profile,
                     "train_run_id": job.train_run_id or "", "kind": "trained" if job.trained else NOTRAIN}
             out["run_id"] = log_run(f"symmetry-{job.cell}-seed{job.seed}", run_params, tags,
-                                    {**_flat_metrics(res), "eval_seconds": out["seconds"]},
+                                    {**_flat_metrics(res), "eval_seconds": out["seconds"],
+                                     **{f"wrap_i_{c}_{k}": v for c, w in (out["wrap_i"] or {}).items()
+                                        for k, v in w.items() if k != "n_graphs"}},
                                     {"symmetry_per_graph.json": {"indices": out["indices"], **res["per_graph"]}})
         outputs[i] = out
     results: dict[str, dict[str, Any]] = {task: {} for task in cfg.datasets}
@@ -468,6 +490,11 @@ def _cell_entry(runs: list[dict[str, Any]], frame_dim: int, paths: StagePaths) -
         entry[split] = {"n_graphs": res0[split]["n_graphs"],
                         **{k: _stat([r["res"][split].get(k) for r in runs]) for k in keys}}
     entry["mae_meV"] = entry["all"]["mae_meV"]
+    if runs[0].get("wrap_i"):  # {construction: {metric: stat over seeds}}; trained with PCA frames
+        entry["wrap_i"] = {c: {k: _stat([r["wrap_i"][c][k] for r in runs]) if k.startswith("wrap_i_") or k == "mae_meV"
+                               else v
+                               for k, v in w.items() if k != "seconds"}
+                           for c, w in runs[0]["wrap_i"].items()}
     train_mae = job.meta.get("splits", {}).get("val_id", {}).get("energy_mae") if job.trained else None
     entry["mae_meV_train_val_id"] = (
         {"mean": train_mae["mean"] * 1000, "std": (train_mae["std"] or 0.0) * 1000,
@@ -502,6 +529,7 @@ def run_stage(params: Params, paths: StagePaths, log_run: RunLogger | None = Non
     write_json(paths.results, result)
     write_json(paths.headline, headline(result))
     write_tables(result, paths.tables)
+    write_wrap_table(result, paths.tables)
     return result
 
 
@@ -515,7 +543,8 @@ def headline(result: Mapping[str, Any]) -> dict[str, Any]:
     Rot-I and Refl-I (and F-Rot-E for force tasks) on the evaluated split, mean over seeds."""
     out: dict[str, Any] = {"profile": result["profile"]}
     for task in result["config"]["datasets"]:
-        out[task] = {cell: {name: e["all"][k]["mean"] for k, name in HEADLINE_METRICS.items() if k in e["all"]}
+        out[task] = {cell: {**{name: e["all"][k]["mean"] for k, name in HEADLINE_METRICS.items() if k in e["all"]},
+                            **{f"wrap_i_{c}_meV": w["wrap_i_offsets"]["mean"] for c, w in e.get("wrap_i", {}).items()}}
                      for cell, e in sorted(result.get(task, {}).items())}
     return out
 

@@ -9,7 +9,15 @@ from scipy import stats
 
 from pipeline.reporting import claims
 from pipeline.reporting import verdicts as V
-from pipeline.reporting.claims import CONTRADICTED, INCONCLUSIVE, NOT_MEASURABLE, REPRODUCED, evaluate_claims
+from pipeline.reporting.claims import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    NOT_MEASURABLE,
+    REPRODUCED,
+    Claim,
+    Missing,
+    evaluate_claims,
+)
 from pipeline.tables import load_paper
 
 NOISE = (-0.01, 0.0, 0.01)  # three seeds
@@ -270,3 +278,23 @@ def test_gemnet_two_hop_claim_with_an_md17_like_set():
     assert _by_id(evaluate_claims(_ctx(train)))["gemnet-two-hop-complex-vs-simple"].verdict == REPRODUCED
     train[0], train[2] = mol("gemnet_t", "qm7x", 0.105), mol("gemnet_t", "md17", 0.15)
     assert _by_id(evaluate_claims(_ctx(train)))["gemnet-two-hop-complex-vs-simple"].verdict == CONTRADICTED
+
+
+def test_beyond_paper_continuity_claim_reads_the_stage():
+    from pipeline.reporting.claims import c_fa_discontinuous
+
+    def ctx(none_ratio, full_excess):
+        cell = {"periodic": False, "eigengap": [0.1, 0.0, 0.1], "crossing_index": 1,
+                "max_jump_per_A": {"none": 0.1, "full": 1.0}, "excess_jump": {"none": 1e-4, "full": full_excess},
+                "jump_ratio": {"none": none_ratio, "full": 50.0}}
+        return {"continuity": {"cells": {"faenet-qm7x-sfa": cell}}}
+
+    def run(x):
+        c = Claim(id="x", text="", where="", paper=None, criterion="", protocol="")
+        return c_fa_discontinuous(x, c), c
+
+    assert run(ctx(1.0, 1e-2))[0] == REPRODUCED
+    assert run(ctx(1.0, 1.5e-4))[0] == CONTRADICTED
+    assert run(ctx(1.0, 5e-4))[0] == INCONCLUSIVE
+    with pytest.raises(Missing, match="backbone itself jumps"):
+        run(ctx(50.0, 1e-2))

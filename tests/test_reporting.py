@@ -31,7 +31,7 @@ def test_load_results_reads_trained_cells_and_marks_absent_stages(tmp_path):
     assert list(out["train"]) == ["faenet-is2re-sfa"]  # untrained cells carry no metrics and are skipped
     assert out["train"]["faenet-is2re-sfa"] == CELL  # the report reads the file's own content
     assert {k for k, v in out.items() if v is None} == {"fetch", "benchmark", "symmetry", "expressivity",
-                                                        "ablation", "scaling"}
+                                                        "ablation", "scaling", "continuity"}
 
 
 def test_a_bad_train_cell_names_the_file_the_key_and_the_stage(tmp_path):

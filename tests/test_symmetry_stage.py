@@ -301,3 +301,21 @@ def test_config_rejects_qm9():
     raw["profiles"]["smoke"]["symmetry"] = {"datasets": ["is2re", "qm9"]}
     with pytest.raises(ConfigError, match=r"symmetry.datasets.*qm9 trains one model per molecular property"):
         parse_params(raw, check_models=False)
+
+
+def test_wrap_i_table_new_frames_zero_pca_not(stage, tmp_path):
+    paths = stage[1]
+    out = StagePaths(paths.data, paths.models, paths.train_results, tmp_path / "t", tmp_path / "r.json",
+                     tmp_path / "h.json")
+    res = run_stage(_params(wrap_i={"cells": ["faenet-*"], "max_graphs": 3, "n_transforms": 1}), out, None,
+                    progress=False)
+    for task in ("is2re", "s2ef"):
+        assert "wrap_i" not in res[task][f"faenet-{task}-none"]  # frames unused: not evaluated
+        w = res[task][f"faenet-{task}-full"]["wrap_i"]
+        assert set(w) == {"pca", "lattice", "edges"} and w["pca"]["n_graphs"] == 3
+        for c in ("lattice", "edges"):  # float32 model: rounding only
+            assert w[c]["wrap_i_offsets"]["mean"] < 1e-2 and w[c]["wrap_i_translate"]["mean"] < 1e-2
+        assert w["pca"]["wrap_i_offsets"]["mean"] > 100 * max(w["lattice"]["wrap_i_offsets"]["mean"], 1e-4)
+    md = (tmp_path / "t" / "wrap_i.md").read_text()
+    assert "TRAINED with PCA frames" in md and "lattice (Gram-Schmidt of the cell)" in md
+    assert "wrap_i_lattice_meV" in json.dumps(json.loads((tmp_path / "h.json").read_text()))

@@ -971,6 +971,43 @@ def c_table9_shared_cells(ctx, c):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Beyond the paper
+# ----------------------------------------------------------------------------------------------------------
+
+#: A backbone whose own jump ratio (stage continuity) is below this is continuous along the path, so a jump of
+#: FA there is the frames'; FA "jumps" when its largest unexplained step exceeds the backbone's by JUMP_FACTOR.
+SMOOTH_RATIO = 10.0
+JUMP_FACTOR = 10.0
+
+
+@claim("beyond-fa-discontinuous-at-degeneracy", "Beyond the paper (Dym et al., ICML 2024): full FA with PCA frames "
+       "is discontinuous where two principal variances cross, although the backbone is continuous there",
+       "not in the paper; Sec. 3.2 frames (Eq. (2))",
+       f"on paths where No-FA's jump ratio < {SMOOTH_RATIO:g}: Full FA's largest unexplained step > "
+       f"{JUMP_FACTOR:g}x No-FA's (reproduced), < 2x (contradicted)",
+       "stage continuity: trained cells' first seed, val_id structure nearest to degeneracy, deformed through it")
+def c_fa_discontinuous(ctx, c):
+    c.paper = "not stated (beyond the paper)"
+    res = ctx.get("continuity")
+    if not res or not res.get("cells"):
+        raise Missing("stage continuity did not run or evaluated no trained cell")
+    usable = {cell: r for cell, r in res["cells"].items()
+              if r["jump_ratio"]["none"] < SMOOTH_RATIO and "full" in r["excess_jump"]}
+    c.inputs = {cell: {"jump_ratio": r["jump_ratio"], "crossing_gap": r["eigengap"][r["crossing_index"]]}
+                for cell, r in res["cells"].items()}
+    if not usable:
+        raise Missing("on every path the backbone itself jumps (No-FA jump ratio >= "
+                      f"{SMOOTH_RATIO:g}), so a jump of FA cannot be told from the backbone's")
+    factors = {cell: r["excess_jump"]["full"] / max(r["excess_jump"]["none"], 1e-12) for cell, r in usable.items()}
+    c.ours = {f"{cell} full/none unexplained step": round(f, 1) for cell, f in factors.items()}
+    c.interval = "exact (deterministic sweep; SFA is a mean of seeded draws)"
+    worst = min(factors.values())
+    if worst > JUMP_FACTOR:
+        return REPRODUCED
+    return CONTRADICTED if max(factors.values()) < 2 else INCONCLUSIVE
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Driver
 # ----------------------------------------------------------------------------------------------------------
 

@@ -130,11 +130,27 @@ class Scaling(_Open):
     cells: dict[str, _ScalingCell]
 
 
+class _ContinuityCell(_Open):
+    periodic: bool
+    eigengap: list[float]
+    crossing_index: int
+    max_jump_per_A: dict[str, float]
+    excess_jump: dict[str, float]
+    jump_ratio: dict[str, float]
+
+
+class Continuity(_Open):
+    """``results/continuity.json`` (stage continuity, beyond the paper): FA predictions through a degenerate
+    PCA spectrum, per cell."""
+
+    cells: dict[str, _ContinuityCell]
+
+
 #: Optional stage outputs: file name -> (schema, stage that writes it).
 STAGE_FILES: dict[str, tuple[type[BaseModel], str]] = {
     "fetch": (Fetch, "fetch"), "benchmark": (Benchmark, "benchmark"), "symmetry": (Symmetry, "symmetry"),
     "expressivity": (Expressivity, "expressivity"), "ablation": (Ablation, "ablation"),
-    "scaling": (Scaling, "scaling"),
+    "scaling": (Scaling, "scaling"), "continuity": (Continuity, "continuity"),
 }
 
 
