@@ -590,7 +590,7 @@ def gpu_info(params: Params) -> dict[str, Any]:
     dev = gpu_device(params)
     if dev is None:
         return {"measured": False, "device": None,
-                "reason": f"CUDA is not available on this machine (torch {torch.__version__}, CUDA build: "
+                "reason": f"CUDA is not available (torch {torch.__version__}, CUDA build: "
                           f"{torch.version.cuda})"}
     return {"measured": True, "device": f"{dev} ({torch.cuda.get_device_name(dev)})", "reason": None,
             "cuda": torch.version.cuda}
