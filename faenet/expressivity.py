@@ -463,7 +463,8 @@ def _accuracy(logits: Tensor, labels: Tensor) -> float:
 def train_pair_classifier(model_factory: Callable[[], nn.Module], pair: GraphPair, *, epochs: int = 100,
                           seed: int = 0, lr: float = 1e-4, output_key: str = "energy", output_dim: int = 1,
                           select: str = "best_val", plateau: bool = True, dtype: torch.dtype = torch.float32,
-                          classifier: PairClassifier | None = None, fused_adam: bool = True) -> PairClassifier:
+                          classifier: PairClassifier | None = None, fused_adam: bool = True,
+                          device: torch.device | str = "cpu") -> PairClassifier:
     """Train a ``PairClassifier`` on the two graphs of ``pair`` with the dojo protocol (module docstring).
 
     ``model_factory()`` builds the backbone (called inside a forked RNG seeded with ``seed``, which also
@@ -474,8 +475,11 @@ def train_pair_classifier(model_factory: Callable[[], nn.Module], pair: GraphPai
     ``plateau``: the dojo's ReduceLROnPlateau(max, 0.9, 25, min_lr 1e-5). ``fused_adam``: torch's fused Adam
     kernel, the same update rule as the dojo's for-loop Adam up to float rounding, and ~5x cheaper per step for
     models of ~100 small parameter tensors (DimeNet++), where the optimiser step was ~1/3 of a training step.
+    ``device``: where the classifier and the two graphs compute; the shuffles and SFA frames are drawn from
+    CPU generators, so a CUDA run sees the same draws (on the CPU nothing moves).
     Returns the classifier in eval mode with ``.history`` (a ``TrainHistory``).
     """
+    device = torch.device(device)
     if select not in ("best_val", "last"):
         raise ValueError(f"select must be 'best_val' or 'last', got {select!r}")
     if epochs < 1:
@@ -488,14 +492,17 @@ def train_pair_classifier(model_factory: Callable[[], nn.Module], pair: GraphPai
     # Collated once: re-collating a 1-graph batch every step cost ~1/6 of a step (models never mutate inputs).
     singles = [Batch.from_data_list([g]) for g in graphs]
     labels = pair.labels
+    if device.type != "cpu":
+        eval_batch, labels = eval_batch.to(device), labels.to(device)
+        singles = [b.to(device) for b in singles]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if classifier is None:
             classifier = PairClassifier(model_factory(), output_key, output_dim)
             # A model with a warm-up (GemNet's scaling factors) fits it on the pair, as on a training set.
-            prepare_model(classifier.backbone, [eval_batch])
+            prepare_model(classifier.backbone, [eval_batch.cpu()] if device.type != "cpu" else [eval_batch])
         clf = classifier
-        clf = clf.to(dtype)
+        clf = clf.to(dtype) if device.type == "cpu" else clf.to(device=device, dtype=dtype)
         opt = torch.optim.Adam(clf.parameters(), lr=lr, fused=fused_adam or None)
         sched = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.9, patience=25,
                                                             min_lr=1e-5) if plateau else None)
@@ -529,8 +536,9 @@ def train_pair_classifier(model_factory: Callable[[], nn.Module], pair: GraphPai
 
 def evaluate_pair(predict: Callable[[Batch], Tensor], pair: GraphPair, protocol: str = "paper", *,
                   n_draws: int = 1, generator: torch.Generator | None = None, group: str = "E3",
-                  translation_scale: float = 5.0) -> float:
-    """Accuracy (%) of ``predict(batch) -> logits (B, 2)`` on the two graphs of ``pair``.
+                  translation_scale: float = 5.0, device: torch.device | str = "cpu") -> float:
+    """Accuracy (%) of ``predict(batch) -> logits (B, 2)`` on the two graphs of ``pair``, on ``device`` (the
+    transforms are drawn CPU-side from ``generator``, then moved).
 
     ``"paper"``: the fixed graphs as built (the dojo), evaluated ``n_draws`` times (for stochastic models such
     as SFA). ``"strict"``: in each of ``n_draws`` draws every graph is first moved by its own random
@@ -554,6 +562,8 @@ def evaluate_pair(predict: Callable[[Batch], Tensor], pair: GraphPair, protocol:
             q = random_rotation(2, 3, reflect=group == "E3", generator=generator, dtype=dtype)
             t = torch.randn(2, 3, generator=generator, dtype=torch.float64).to(dtype) * translation_scale
             batch = apply_transform(base, q, t)
+        if torch.device(device).type != "cpu":
+            batch = batch.to(device)
         correct.append(_accuracy(_predict_logits(predict, batch), labels))
     return float(sum(correct) / len(correct))
 
@@ -577,7 +587,7 @@ class PairResult:
 def run_pair_experiment(model_factory: Callable[[], nn.Module], pair: GraphPair, *,
                         seeds: Sequence[int] = tuple(range(10)), reuse_model: bool = False,
                         protocols: Sequence[str] = PROTOCOLS, n_draws: int = 1, n_strict_draws: int = 64,
-                        eval_seed: int = 12345, **train_kw) -> PairResult:
+                        eval_seed: int = 12345, device: torch.device | str = "cpu", **train_kw) -> PairResult:
     """Train on ``pair`` once per seed and evaluate with each protocol (dojo: 10 seeds, mean ± std).
 
     ``reuse_model``: continue training the same classifier across seeds, as the dojo notebooks do.
@@ -592,12 +602,12 @@ def run_pair_experiment(model_factory: Callable[[], nn.Module], pair: GraphPair,
     clf = None
     for seed in seeds:
         clf = train_pair_classifier(model_factory, pair, seed=seed,
-                                    classifier=clf if reuse_model else None, **train_kw)
+                                    classifier=clf if reuse_model else None, device=device, **train_kw)
         for p in protocols:
             gen = torch.Generator().manual_seed(eval_seed + int(seed))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(eval_seed + int(seed))  # stochastic models (SFA) draw from the global RNG
                 draws = n_strict_draws if p == "strict" else n_draws
-                acc[p].append(evaluate_pair(clf, pair, p, n_draws=draws, generator=gen))
+                acc[p].append(evaluate_pair(clf, pair, p, n_draws=draws, generator=gen, device=device))
         histories.append(clf.history)  # a new TrainHistory per call, also when reuse_model
     return PairResult(acc, histories)

@@ -146,7 +146,8 @@ def _mae(errors: dict[str, Tensor], mask: Tensor) -> dict[str, float | None]:
 
 def evaluate_symmetry(predict: DenormalizedPredictor, records: Sequence[Any], *, frame_dim: int,
                       n_transforms: int, batch_size: int, seed: int,
-                      degenerate_tol: float = DEFAULT_DEGENERACY_TOL, translation_scale: float = 5.0) -> dict:
+                      degenerate_tol: float = DEFAULT_DEGENERACY_TOL, translation_scale: float = 5.0,
+                      device: torch.device | str = "cpu") -> dict:
     """App. D metrics of ``predict`` on ``records``, overall and by frame degeneracy, and the MAE.
 
     Returns ``{"all" | "degenerate" | "non_degenerate": {metric: float | None, "n_graphs": int,
@@ -158,8 +159,17 @@ def evaluate_symmetry(predict: DenormalizedPredictor, records: Sequence[Any], *,
 
     The MAE comes from the predictions on the untransformed graphs that the invariance metrics use as
     reference (for SFA: the same frame draws), so it costs no extra pass.
+
+    ``device``: where the model and the batches compute (``faenet.device.resolve_device``). The transforms and
+    SFA frames are drawn from CPU generators and every metric is accumulated CPU-side in float64 (never
+    autocast), so a CUDA run draws the same transforms; on the CPU nothing moves.
     """
-    batches = make_batches(records, batch_size)
+    device = torch.device(device)
+    cpu_batches = make_batches(records, batch_size)
+    batches = cpu_batches
+    if device.type != "cpu":
+        predict.wrapper.to(device)
+        batches = [b.to(device) for b in cpu_batches]
     gen = torch.Generator().manual_seed(seed)
     recorder = _ReferenceRecorder(predict, batches)
     res = symmetry_metrics(recorder, batches, n_transforms=n_transforms, frame_dim=frame_dim, generator=gen,
@@ -169,7 +179,7 @@ def evaluate_symmetry(predict: DenormalizedPredictor, records: Sequence[Any], *,
     per_graph = res["per_graph"]
     if len(recorder.outputs) != len(batches):
         raise RuntimeError("symmetry_metrics did not evaluate every untransformed batch; cannot compute the MAE")
-    errors = _error_per_graph([recorder.outputs[id(b)] for b in batches], batches)
+    errors = _error_per_graph([recorder.outputs[id(b)] for b in batches], cpu_batches)  # labels CPU-side
     degenerate = per_graph["degenerate"].bool()
     masks = {"all": torch.ones_like(degenerate), "degenerate": degenerate, "non_degenerate": ~degenerate}
     keys = [k for k in METRIC_KEYS if k in per_graph]

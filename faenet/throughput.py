@@ -3,6 +3,7 @@
 - ``measure_forward_throughput``: forward-pass throughput (samples/s), the unit of Table 6 (App. B.3) and of
   the paper's speed claims;
 - ``measure_training_step``: time of training steps (forward, loss, backward, optimiser step);
+- ``measure_on_device``: both on another device (the benchmark's GPU figures), CUDA-synchronised;
 - ``peak_rss_increase``: the extra resident memory one call needs (Linux RSS high-water mark, reset per call);
 - ``oc20_like_slabs``: OC20-sized slab + adsorbate records to time on; ``fit_power_law`` for scaling curves.
 """
@@ -238,6 +239,45 @@ def measure_training_step(model: nn.Module, batches: Sequence, needs_forces: boo
            "num_batches": len(batches)}
     if memory:
         out["peak_memory"] = peak
+    return out
+
+
+def measure_on_device(model: nn.Module, batches: Sequence, device: torch.device | str, *,
+                      needs_forces: bool = False, energy_grad_coef: float = 0.0, warmup: int = 1,
+                      repeats: int = 3, train_repeats: int = 2, inference: bool = True) -> dict:
+    """Inference throughput and training-step time of a copy of ``model`` on ``device`` (e.g. ``cuda``).
+
+    The copy and the batches are moved to ``device`` before any timing (the caller's model stays where it
+    is); ``measure_forward_throughput`` / ``measure_training_step`` call ``torch.cuda.synchronize`` before
+    and after every timed pass, so the kernels queued by a pass are inside its time. Float32, no autocast:
+    the same arithmetic as the CPU figures. ``inference=False`` times training only (S2EF rows).
+
+    Returns ``device`` (its name), ``inference`` (``samples_per_s``, ``samples_per_s_per_repeat``,
+    ``peak_memory_mib``: CUDA peak allocated during the passes) or None, and ``training``
+    (``seconds_per_sample``, ``samples_per_s``, ``peak_memory_mib``).
+    """
+    device = torch.device(device)
+    net = copy.deepcopy(model).to(device)
+    moved = [b.to(device) for b in batches]
+    cuda = device.type == "cuda"
+
+    def peak_mib() -> float | None:
+        return torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+
+    out: dict = {"device": torch.cuda.get_device_name(device) if cuda else str(device), "inference": None}
+    if inference:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        r = measure_forward_throughput(net, moved, warmup=warmup, repeats=repeats)
+        out["inference"] = {"samples_per_s": r["samples_per_s"],
+                            "samples_per_s_per_repeat": r["samples_per_s_per_repeat"],
+                            "peak_memory_mib": peak_mib()}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    tr = measure_training_step(net, moved, needs_forces=needs_forces, warmup=1, repeats=train_repeats,
+                               energy_grad_coef=energy_grad_coef)
+    out["training"] = {"seconds_per_sample": tr["seconds_per_sample"], "samples_per_s": tr["samples_per_s"],
+                       "peak_memory_mib": peak_mib()}
     return out
 
 

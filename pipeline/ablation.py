@@ -111,6 +111,7 @@ def run_ablation(params: Params, data_dir: Path = DATA, results_path: Path = RES
     from torch.utils.data import Subset
 
     from faenet.data.dataset import GraphDataset, content_hash, remove_tag0
+    from faenet.device import resolve_device
     from faenet.model import TABLE6_ABLATIONS
     from pipeline.resolve import resolve_run, run_provenance_tags
     from pipeline.runs import DataSpec, Job, RunSpec, load_final, run_all
@@ -162,8 +163,10 @@ def run_ablation(params: Params, data_dir: Path = DATA, results_path: Path = RES
     batches, tp_info = throughput_batches(params, split_paths, rewire)
     models = {v: load_final(specs[v][0])[1] for v in variants}
     torch.manual_seed(0)  # SFA draws frames from the global RNG
-    tp = _measure(models, batches, a.throughput_warmup, a.throughput_repeats)
+    device = resolve_device(prof.train.device)  # the trainings' device: throughput measured where they ran
+    tp = _measure(models, batches, a.throughput_warmup, a.throughput_repeats, device)
     tp_info.update(warmup=a.throughput_warmup, repeats=a.throughput_repeats, threads=torch.get_num_threads(),
+                   device=str(device),
                    rewiring=base.rewiring, weights=f"trained, seed {a.seeds[0]}",
                    mode=f"forward only, eval mode, torch.inference_mode, {a.symmetry} wrapper, variants interleaved, "
                         "glibc allocator steady (freed memory reused)")
@@ -208,8 +211,15 @@ def throughput_batches(params: Params, split_paths: dict[str, Path], rewire) -> 
     return batches, info
 
 
-def _measure(models: dict, batches: list, warmup: int, repeats: int) -> dict[str, dict]:
+def _measure(models: dict, batches: list, warmup: int, repeats: int, device: Any = "cpu") -> dict[str, dict]:
+    """Interleaved throughput of the variants on ``device`` (a CUDA pass is synchronised by the library)."""
+    import torch
+
     from faenet.throughput import measure_forward_throughput_interleaved, set_malloc_regime
+
+    if torch.device(device).type != "cpu":  # on the CPU nothing moves: the CPU figures are unchanged
+        models = {v: m.to(device) for v, m in models.items()}
+        batches = [b.to(device) for b in batches]
 
     set_malloc_regime("steady")  # as the benchmark stage: freed memory reused, speeds independent of history
     res = measure_forward_throughput_interleaved(models, batches, warmup=warmup, repeats=repeats)

@@ -309,7 +309,7 @@ def run_benchmark(params: Params) -> dict[str, Any]:
         "packages": package_versions(), "torch": torch_info(), "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "config": b.model_dump(mode="json"), "hparam_sets": list(hparam_sets(params)), "inputs": inputs,
         "isolation": b.isolation, "workers": workers, "measurements": measurements, "protocols": protocols,
-        "scaling": scaling}
+        "scaling": scaling, "gpu": gpu_info(params)}
     result["ratios"] = throughput_ratios(result)
     result["s2ef"] = s2ef_ratios(result)
     result["symmetry_costs"] = symmetry_costs(result)
@@ -468,7 +468,55 @@ def measure_group(params: Params, jobs: list[Job], protocols: dict, data: dict[s
                                     "samples_per_s": tr["samples_per_s"], "n_graphs": len(g),
                                     "peak_memory_mib": (tr.get("peak_memory") or {}).get("peak_mib"),
                                     "epoch_seconds": epoch}
+    # GPU figures beside the CPU ones (issue 14, item 6): the same models and batches on CUDA, where present.
+    gpu = gpu_device(params)
+    for job in jobs:
+        recs[job.id]["gpu"] = None if gpu is None else _measure_gpu(params, job, data, gpu)
     return list(recs.values())
+
+
+def gpu_device(params: Params):
+    """The CUDA device the GPU figures are measured on: ``train.device`` when it names one (auto: the current
+    GPU), else the current GPU when CUDA is present; None without CUDA (the report then says so)."""
+    import torch
+
+    from faenet.device import resolve_device
+
+    if not torch.cuda.is_available():
+        return None
+    dev = resolve_device(params.active.train.device)
+    return dev if dev.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+
+
+def _measure_gpu(params: Params, job: Job, data: dict[str, Any], device) -> dict[str, Any]:
+    """One job's GPU inference throughput (IS2RE rows, as the CPU figures) and training time per sample and
+    per OC20 IS2RE epoch, CUDA-synchronised around each timed pass (``faenet.throughput.measure_on_device``)."""
+    import torch
+
+    from baselines.registry import build_model
+    from faenet.symmetry import SymmetryWrapper
+    from faenet.throughput import measure_on_device
+
+    b = params.active.benchmark
+    cell = _cell(params, job.hparams, job.model, job.task, job.symmetry)
+    torch.manual_seed(0)
+    net = build_model(job.model, **cell.hparams).eval()
+    model = SymmetryWrapper(net, job.symmetry, frame_dim=cell.frame_dim).eval()
+    g = data["graphs"][job.graph][:job.n_graphs]
+    infer = job.task == "is2re" and job.symmetry != "da"
+    tg = g[:b.train_graphs]
+    s2ef = cell.needs_forces
+    r = measure_on_device(model, _batches(g if infer else tg, job.batch_size if infer else min(job.batch_size,
+                                                                                              len(tg))),
+                          device, needs_forces=s2ef, energy_grad_coef=cell.train.energy_grad_coef if s2ef else 0.0,
+                          warmup=max(b.warmup, 1), repeats=b.repeats, train_repeats=b.train_repeats, inference=infer)
+    if infer and len(tg) != len(g):  # training on the same first train_graphs graphs as the CPU figure
+        r["training"] = measure_on_device(model, _batches(tg, min(job.batch_size, len(tg))), device,
+                                          needs_forces=s2ef, train_repeats=b.train_repeats,
+                                          inference=False)["training"]
+    r["training"]["epoch_seconds_oc20_is2re"] = (None if s2ef else
+                                                 r["training"]["seconds_per_sample"] * OC20_IS2RE_TRAIN)
+    return r
 
 
 def measure_scaling(params: Params, hp: str, model: str) -> dict[str, Any]:
@@ -536,6 +584,19 @@ def measure_allocator_sensitivity(params: Params, data: dict[str, Any]) -> dict[
             "fused_over_literal": tp["faenet/sfa"] / tp["faenet-literal/sfa"],
             "full_fa_cost_per_frame_over_sfa": tp["faenet/sfa"] / tp["faenet/full"] / num_frames(2, False)}
     return out
+
+
+def gpu_info(params: Params) -> dict[str, Any]:
+    """Whether the GPU figures were measured here, on which device, or why not."""
+    import torch
+
+    dev = gpu_device(params)
+    if dev is None:
+        return {"measured": False, "device": None,
+                "reason": f"CUDA is not available (torch {torch.__version__}, CUDA build: "
+                          f"{torch.version.cuda})"}
+    return {"measured": True, "device": f"{dev} ({torch.cuda.get_device_name(dev)})", "reason": None,
+            "cuda": torch.version.cuda}
 
 
 def torch_info() -> dict[str, Any]:
@@ -820,10 +881,32 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
             "s2ef_epoch_time": s2ef, "symmetry_cost": symmetry, "speed_targets": targets}
 
 
+def gpu_lines(result: dict[str, Any]) -> list[str]:
+    """The report's GPU section: one row per measurement, or the sentence saying they were not measured."""
+    gpu = result.get("gpu") or {"measured": False, "reason": "no GPU block in the results"}
+    lines = ["", "## GPU figures (CUDA-synchronised)", ""]
+    if not gpu["measured"]:
+        return lines + [f"GPU columns not measured on this machine: {gpu['reason']}. Where CUDA is present the "
+                        "stage times every row below on the GPU as well (`torch.cuda.synchronize()` around each "
+                        "timed pass, float32)."]
+    lines += [f"Device {gpu['device']}, CUDA {gpu.get('cuda')}; same models, batches, warm-up and repeats as the CPU "
+              "rows; `torch.cuda.synchronize()` before and after each timed pass; peak = CUDA memory allocated.", "",
+              "| hparams | task | model | symmetry | graph | batch | GPU infer samples/s | GPU infer peak MiB | "
+              "GPU train s/sample | GPU train peak MiB | GPU epoch OC20 IS2RE |", "|" + "---|" * 11]
+    for r in result["measurements"]:
+        g = r.get("gpu") or {}
+        inf, tr = g.get("inference") or {}, g.get("training") or {}
+        lines.append(f"| {r['hparams']} | {r['task']} | {r['model']} | {r['symmetry']} | {r['graph']} | "
+                     f"{r['batch_size']} | {_f(inf.get('samples_per_s'), 1)} | {_f(inf.get('peak_memory_mib'), 0)} | "
+                     f"{_f(tr.get('seconds_per_sample'), 5)} | {_f(tr.get('peak_memory_mib'), 0)} | "
+                     f"{_duration(tr.get('epoch_seconds_oc20_is2re'))} |")
+    return lines
+
+
 def write_report(result: dict[str, Any], path: Path = REPORT_PATH) -> None:
     m, t = result["machine"], result["torch"]
     pk = result["packages"]
-    lines = ["# Benchmark: throughput, training time, memory (CPU)", "",
+    lines = ["# Benchmark: throughput, training time, memory (CPU; GPU where CUDA is present)", "",
              f"{m['cpu']}, {result['threads']} threads (affinity {len(result['cpu_affinity'])} CPUs, {m['cores']} "
              f"cores); torch {t['version']} ({t['cpu_capability']}, MKL {t['mkl']}, oneDNN {t['mkldnn']}), "
              f"torch-geometric {pk.get('torch-geometric')}, numpy {pk.get('numpy')}, Python {t['python']}. "
@@ -914,6 +997,7 @@ def write_report(result: dict[str, Any], path: Path = REPORT_PATH) -> None:
                      f"{_f(inf.get('peak_memory_mib'), 0)} | {_f(tr.get('seconds_per_sample'), 4)} | "
                      f"{_f(tr.get('peak_memory_mib'), 0)} | {_duration(ep.get('oc20_is2re'))} | "
                      f"{_duration(ep.get('embedded_is2re'))} | {r['n_params']:,} |")
+    lines += gpu_lines(result)
     lines += ["", "## Scaling: throughput against atoms per graph (full graphs)", ""]
     for hp, per in result["scaling"].items():
         sizes = [p["size"] for p in next(iter(per.values()))["points"]] if per else []

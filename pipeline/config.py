@@ -182,6 +182,10 @@ class QM9Data(Strict):
     max_num_neighbors: PositiveInt = 30
     workers: PositiveInt = 2
     raw_dir: str = "data_raw/qm9"
+    # real only: the fork's split sizes (seeded permutation: train, val, the rest test). Smaller values serve a
+    # subset of the raw files (tests/test_real_format_e2e.py runs the pipeline on a 14-molecule fixture).
+    n_train: PositiveInt = 110_000
+    n_val: PositiveInt = 10_000
 
 
 class DataConfig(Strict):

@@ -235,8 +235,10 @@ def model_factory(model: str, hparams: dict[str, Any]) -> Callable[[], Any]:
     return factory
 
 
-def run_experiment(exp: Experiment, cfg: ExpressivityConfig) -> dict[str, Any]:
-    """Train ``exp`` once per seed and evaluate both protocols (``faenet.expressivity.run_pair_experiment``)."""
+def run_experiment(exp: Experiment, cfg: ExpressivityConfig, device: str = "cpu") -> dict[str, Any]:
+    """Train ``exp`` once per seed and evaluate both protocols (``faenet.expressivity.run_pair_experiment``) on
+    ``device`` (``train.device``; resolved here, in the worker that computes)."""
+    from faenet.device import resolve_device
     from faenet.expressivity import run_pair_experiment
 
     t0, c0 = time.perf_counter(), time.process_time()
@@ -246,7 +248,8 @@ def run_experiment(exp: Experiment, cfg: ExpressivityConfig) -> dict[str, Any]:
     n_params = sum(p.numel() for p in factory().parameters())
     res = run_pair_experiment(factory, pair, seeds=tuple(range(cfg.n_seeds)), reuse_model=cfg.reuse_model,
                               n_draws=cfg.paper_draws if is_stochastic(exp.model) else 1,
-                              n_strict_draws=cfg.strict_transforms, epochs=cfg.epochs, lr=cfg.lr)
+                              n_strict_draws=cfg.strict_transforms, epochs=cfg.epochs, lr=cfg.lr,
+                              device=resolve_device(device))
     return {"paper": res.accuracies["paper"], "strict": res.accuracies["strict"],
             "best_epoch": [h.best_epoch for h in res.histories],
             "best_val_acc": [h.best_val_acc for h in res.histories],
@@ -259,9 +262,9 @@ def _cost(exp: Experiment) -> float:
     return COST.get(base, 1.0) * COST.get(method, 1.0) * exp.layers
 
 
-def _job(args: tuple[Experiment, ExpressivityConfig]) -> tuple[str, dict[str, Any]]:
-    exp, cfg = args
-    return exp.name, run_experiment(exp, cfg)
+def _job(args: tuple[Experiment, ExpressivityConfig, str]) -> tuple[str, dict[str, Any]]:
+    exp, cfg, device = args
+    return exp.name, run_experiment(exp, cfg, device)
 
 
 @contextlib.contextmanager
@@ -283,8 +286,8 @@ def _warm_caches(cfg: ExpressivityConfig) -> None:
 
 
 def run_experiments(cfg: ExpressivityConfig, experiments: list[Experiment], progress: bool = True,
-                    on_result: Callable[[Experiment, dict[str, Any]], None] | None = None
-                    ) -> dict[str, dict[str, Any]]:
+                    on_result: Callable[[Experiment, dict[str, Any]], None] | None = None,
+                    device: str = "cpu") -> dict[str, dict[str, Any]]:
     """``{experiment name: result}`` of every experiment, on ``cfg.workers`` processes (1 = this process), each
     on one torch thread (tiny graphs: intra-op threads only add contention between the workers).
 
@@ -301,7 +304,7 @@ def run_experiments(cfg: ExpressivityConfig, experiments: list[Experiment], prog
     by_name = {e.name: e for e in jobs}
     results: dict[str, dict[str, Any]] = {}
     desc = (f"expressivity ({workers} workers)" if workers > 1 else "expressivity") if progress else None
-    for _, (name, res) in run_pool(_job, [(e, cfg) for e in jobs], workers, threads=1, start_method="fork",
+    for _, (name, res) in run_pool(_job, [(e, cfg, device) for e in jobs], workers, threads=1, start_method="fork",
                                    ordered=False, desc=desc, unit="exp", label=lambda job: job[0].name):
         results[name] = res
         if on_result is not None:
@@ -408,9 +411,9 @@ def build_metrics(cfg: ExpressivityConfig, experiments: list[Experiment], result
 
 def run_stage(cfg: ExpressivityConfig, *, profile: str, tables_dir: Path = TABLES, results_path: Path = RESULTS,
               headline_path: Path = HEADLINE, track: bool = True, tags: dict[str, str] | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Run every experiment, log MLflow (``track``), write the results JSON, its headline and Tables 3-5;
-    returns the results."""
+              progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Run every experiment on ``device`` (a ``train.device`` string), log MLflow (``track``), write the results
+    JSON, its headline and Tables 3-5; returns the results."""
     from pipeline.expressivity_tables import write_expressivity_tables
 
     t0 = time.perf_counter()
@@ -422,7 +425,7 @@ def run_stage(cfg: ExpressivityConfig, *, profile: str, tables_dir: Path = TABLE
             resolved_hparams(cfg, model, layers, max_edge=longest)
     facts = pair_facts(cfg, experiments)
     logger = MlflowLogger(cfg, facts, tags or {}, profile) if track else None
-    results = run_experiments(cfg, experiments, progress, on_result=logger)
+    results = run_experiments(cfg, experiments, progress, on_result=logger, device=device)
     run_ids = logger.ids if logger else {}
     metrics = build_metrics(cfg, experiments, results, facts, run_ids, profile)
     metrics["workers"] = min(cfg.workers, len(experiments))
@@ -467,7 +470,7 @@ def _main(params: Params) -> int:
     tags = {k: v for k, v in provenance().items() if isinstance(v, str)}
     tags.update(profile=params.profile, params_hash=params_hash(params))
     try:
-        metrics = run_stage(cfg, profile=params.profile, tags=tags)
+        metrics = run_stage(cfg, profile=params.profile, tags=tags, device=params.active.train.device)
     except ConfigError as err:  # run_stage's paths are relative to the profile
         raise ConfigError([f"profiles.{params.profile}.{line}" for line in err.errors]) from None
     s = metrics["seconds"]

@@ -97,7 +97,8 @@ def fetch_qm9(d: QM9Data) -> dict[str, Any]:
         from faenet.data.qm9 import TARGETS, download_qm9, write_qm9_lmdbs
 
         raw = download_qm9(ROOT / d.raw_dir)
-        sizes = write_qm9_lmdbs(raw, out, cutoff=d.cutoff, max_neighbors=d.max_num_neighbors)
+        sizes = write_qm9_lmdbs(raw, out, n_train=d.n_train, n_val=d.n_val, cutoff=d.cutoff,
+                                max_neighbors=d.max_num_neighbors)
         summary = {"dataset": "qm9", "source": "PyG raw files (gdb9.sdf, gdb9.sdf.csv, uncharacterized.txt)",
                    "sizes": sizes, "target_names": [t.name for t in TARGETS],
                    "target_units": {t.name: t.unit for t in TARGETS}}

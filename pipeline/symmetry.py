@@ -375,6 +375,7 @@ def run_job(job: _Job, params: Params, paths: StagePaths) -> dict[str, Any]:
     "seconds", "indices", "split", "n_split"}``. Self-seeded, so the same in any process and any order."""
     import torch
 
+    from faenet.device import resolve_device
     from faenet.symmetry_eval import evaluate_symmetry
 
     cfg = params.active.symmetry
@@ -385,7 +386,9 @@ def run_job(job: _Job, params: Params, paths: StagePaths) -> dict[str, Any]:
     torch.manual_seed(_derived_seed(cfg.seed, "global", job.cell, job.seed))  # nothing else should draw
     res = evaluate_symmetry(predictor, data.records(rewiring), frame_dim=FRAME_DIM[job.task],
                             n_transforms=cfg.n_transforms, batch_size=cfg.batch_size, seed=cfg.seed,
-                            degenerate_tol=cfg.degenerate_tol, translation_scale=cfg.translation_scale)
+                            degenerate_tol=cfg.degenerate_tol, translation_scale=cfg.translation_scale,
+                            device=resolve_device(params.active.train.device))  # the train stage's device
+    predictor.wrapper.to("cpu")  # Wrap-I runs on the CPU batches (a no-op unless the metrics ran on a GPU)
     wrap = _wrap_i(job, cfg, predictor, data.records(rewiring))
     return {"res": res, "wrap_i": wrap, "rewiring": rewiring, "notrain_normalizer": notrain_norm,
             "seconds": time.perf_counter() - t0, "indices": data.indices, "split": data.split,

@@ -17,6 +17,7 @@ from faenet.symmetry import SymmetryWrapper
 from faenet.throughput import (
     fit_power_law,
     measure_forward_throughput_interleaved,
+    measure_on_device,
     measure_training_step,
     oc20_like_slabs,
     peak_rss_increase,
@@ -201,3 +202,32 @@ def test_gemnet_costs_on_the_same_molecule_batches():
     assert sum(map(abs, fit.values())) < sum(map(abs, raw_.values()))
     raw["train_cells"] = {k: v for k, v in raw["train_cells"].items() if not k.startswith("gemnet")}
     assert bm.gemnet_costs(parse_params(raw, check_models=False)) is None
+
+
+def test_measure_on_device_times_a_copy_on_the_cpu_path():
+    """The GPU figures' helper on the CPU (the code path a CUDA machine runs, minus the synchronisation)."""
+    model = _tiny_model()
+    batches = [Batch.from_data_list(oc20_like_slabs(2, size=(2, 2, 2)))]
+    res = measure_on_device(model, batches, "cpu", warmup=0, repeats=1, train_repeats=1)
+    assert res["device"] == "cpu" and res["inference"]["samples_per_s"] > 0
+    assert res["training"]["seconds_per_sample"] > 0 and res["inference"]["peak_memory_mib"] is None
+    assert measure_on_device(model, batches, "cpu", train_repeats=1, inference=False)["inference"] is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the GPU figures are measured, not stated absent")
+def test_report_states_gpu_columns_not_measured_without_cuda():
+    info = bm.gpu_info(_params())
+    assert info["measured"] is False and "CUDA is not available" in info["reason"]
+    text = "\n".join(bm.gpu_lines({"gpu": info, "measurements": []}))
+    assert "GPU columns not measured on this machine" in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: times one FAENet-SFA inference on the GPU")
+def test_cuda_inference_timing():
+    model = _tiny_model()
+    batches = [Batch.from_data_list(oc20_like_slabs(4, size=(2, 2, 2)))]
+    res = measure_on_device(model, batches, "cuda", warmup=1, repeats=2, train_repeats=1)
+    assert res["inference"]["samples_per_s"] > 0 and res["inference"]["peak_memory_mib"] > 0
+    assert res["training"]["seconds_per_sample"] > 0
+    assert next(model.parameters()).device.type == "cpu"  # the caller's model stays on the CPU
+    assert bm.gpu_info(_params())["measured"] is True

@@ -2,21 +2,14 @@
 float atomic numbers, y_relaxed, no length key for IS2RE, an old PyG-1.x layout record) read back and
 converted; the S2EF extxyz path; the download registry; fetch + extraction from a local archive."""
 
-import copyreg
 import hashlib
-import io
-import lzma
 import pickle
 import tarfile
 
-import lmdb
 import numpy as np
 import pytest
 import torch
-from ase.build import add_adsorbate, fcc111
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.constraints import FixAtoms
+from real_format_fixtures import oc20_is2re_data, old_layout_bytes, write_like_oc20, write_s2ef_pair
 from torch_geometric.data import Data
 
 from faenet.data import oc20
@@ -24,74 +17,16 @@ from faenet.data.dataset import GraphDataset
 from faenet.data.oc20 import OC20_FILES, convert_oc20_record, fetch_oc20, prepare_oc20, read_s2ef_frames
 from faenet.data.records import validate_record
 from faenet.data.store import LmdbReader
-from faenet.graph import radius_graph
-
-
-def _atoms(seed=0):
-    slab = fcc111("Cu", (2, 2, 3), vacuum=7.0)
-    add_adsorbate(slab, "O", 1.6, "fcc")
-    slab.rattle(0.05, seed=seed)
-    tags = np.array([0] * 8 + [1] * 4 + [2])  # OC20 tags
-    slab.set_tags(tags)
-    slab.set_constraint(FixAtoms(mask=tags == 0))
-    slab.pbc = True
-    slab.info.pop("adsorbate_info", None)
-    return slab
-
-
-def _oc20_is2re_data(seed: int) -> Data:
-    """An IS2RE record as OC20's AtomsToGraphs + preprocess_relaxed produce it (PyG 2 layout)."""
-    a = _atoms(seed)
-    pos = torch.tensor(a.positions, dtype=torch.float32)
-    cell = torch.tensor(a.cell.array, dtype=torch.float32).reshape(1, 3, 3)
-    ei, off = radius_graph(pos.double(), 6.0, 50, cell[0].double(), (True, True, True))
-    return Data(pos=pos, cell=cell, atomic_numbers=torch.tensor(a.numbers, dtype=torch.float32),
-                natoms=len(a), tags=torch.tensor(a.get_tags()), fixed=torch.tensor((a.get_tags() == 0) * 1.0),
-                edge_index=ei, cell_offsets=off, distances=torch.ones(ei.shape[1]), sid=1000 + seed,
-                y_init=np.float64(1.5 + seed), y_relaxed=np.float64(-0.75 - seed),
-                pos_relaxed=pos + 0.01)
-
-
-def _old_layout_bytes(data: Data) -> bytes:
-    """A PyG-1.x ``Data`` pickle, as in the released LMDBs: NEWOBJ(Data) + BUILD(plain attribute dict)."""
-    attrs = {"x": None, "edge_attr": None, "y": None, "normal": None, "face": None, "__num_nodes__": None,
-             **data.to_dict()}
-    old = Data.__new__(Data)
-    old.__dict__.update(attrs)  # attributes straight in __dict__, no _store
-
-    class OldLayoutPickler(pickle.Pickler):
-        def reducer_override(self, obj):
-            if obj is old:
-                return (copyreg.__newobj__, (Data,), attrs)
-            return NotImplemented
-
-    buf = io.BytesIO()
-    OldLayoutPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(old)
-    return buf.getvalue()
-
-
-def _write_like_oc20(path, values: list[bytes], length_key: bool):
-    env = lmdb.open(str(path), map_size=1099511627776 * 2, subdir=False, meminit=False, map_async=True)
-    for i, v in enumerate(values):
-        txn = env.begin(write=True)
-        txn.put(f"{i}".encode("ascii"), v)
-        txn.commit()
-    if length_key:
-        txn = env.begin(write=True)
-        txn.put(b"length", pickle.dumps(len(values), protocol=-1))
-        txn.commit()
-    env.sync()
-    env.close()
 
 
 @pytest.fixture
 def is2re_fixture(tmp_path):
-    recs = [_oc20_is2re_data(s) for s in range(3)]
-    values = [pickle.dumps(recs[0], protocol=-1), _old_layout_bytes(recs[1]),
+    recs = [oc20_is2re_data(s) for s in range(3)]
+    values = [pickle.dumps(recs[0], protocol=-1), old_layout_bytes(recs[1]),
               pickle.dumps(recs[2], protocol=-1)]
     path = tmp_path / "is2re" / "all" / "val_id" / "data.lmdb"
     path.parent.mkdir(parents=True)
-    _write_like_oc20(path, values, length_key=False)
+    write_like_oc20(path, values, length_key=False)
     return path, recs
 
 
@@ -122,7 +57,7 @@ def test_is2re_fixture_read_and_converted(is2re_fixture):
 
 
 def test_s2ef_lmdb_record_and_test_split_without_labels():
-    base = _oc20_is2re_data(0)
+    base = oc20_is2re_data(0)
     n = int(base.natoms)
     # No edges: they are built with the OC20 radius graph (6 Å, 50 neighbours, pbc on in x, y, z).
     rec = Data(pos=base.pos, cell=base.cell, atomic_numbers=base.atomic_numbers, natoms=n, tags=base.tags,
@@ -143,31 +78,8 @@ def test_s2ef_lmdb_record_and_test_split_without_labels():
         convert_oc20_record(base, "qm9")
 
 
-def _write_s2ef_pair(folder, k: int, n_frames: int = 3, compress: bool = True):
-    import ase.io
-
-    frames, lines = [], []
-    for f in range(n_frames):
-        a = _atoms(seed=10 * k + f)
-        calc = EMT()
-        a.calc = calc
-        e, forces = a.get_potential_energy(), a.get_forces(apply_constraint=False)
-        a.calc = SinglePointCalculator(a, energy=e, free_energy=e, forces=forces)
-        frames.append(a)
-        lines.append(f"random{500 + k},frame{f},{-1.5 * k}\n")
-    buf = io.StringIO()
-    ase.io.write(buf, frames, format="extxyz")
-    if compress:
-        (folder / f"{k}.extxyz.xz").write_bytes(lzma.compress(buf.getvalue().encode()))
-        (folder / f"{k}.txt.xz").write_bytes(lzma.compress("".join(lines).encode()))
-    else:
-        (folder / f"{k}.extxyz").write_text(buf.getvalue())
-        (folder / f"{k}.txt").write_text("".join(lines))
-    return frames
-
-
 def test_s2ef_extxyz_frames_are_referenced_and_unconstrained(tmp_path):
-    frames = _write_s2ef_pair(tmp_path, 1, compress=False)
+    frames = write_s2ef_pair(tmp_path, 1, compress=False)
     recs = list(read_s2ef_frames(tmp_path / "1.extxyz", tmp_path / "1.txt"))
     assert len(recs) == 3
     for f, (a, rec) in enumerate(zip(frames, recs, strict=True)):
@@ -197,7 +109,7 @@ def test_fetch_and_prepare_from_local_archives(tmp_path, is2re_fixture, monkeypa
     src = tmp_path / "build" / "s2ef_val_id" / "s2ef_val_id"
     src.mkdir(parents=True)
     for k in (0, 1):
-        _write_s2ef_pair(src, k, n_frames=2)
+        write_s2ef_pair(src, k, n_frames=2)
     arc = tmp_path / "serve" / "s2ef_val_id.tar"
     arc.parent.mkdir()
     with tarfile.open(arc, "w") as tf:

@@ -7,52 +7,21 @@ import json
 import lzma
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
+from real_format_fixtures import N_DISPLACED, write_qm7x_hdf5
 
 from faenet.data import qm7x
 from faenet.data.download import ChecksumError
 from faenet.data.records import validate_record
 from faenet.data.store import LmdbReader
 
-# idmol -> number of atoms; conformer families c1 (and c2 for molecule 2, listed in DupMols.dat)
-MOLECULES = {"1": 3, "2": 4, "10": 5, "11": 3}
-N_DISPLACED = 11  # d1..d11: exercises h5py's bytewise order (d1, d10, d11, d2, ...)
-
-
-def _value(idmol: str, idconf: str, what: str) -> float:
-    """Deterministic distinct numbers per structure and key."""
-    h = hashlib.sha256(f"{idmol}/{idconf}/{what}".encode()).digest()
-    return int.from_bytes(h[:4], "little") / 2**32
-
-
-def _write_hdf5(path: Path) -> dict[str, dict]:
-    truth = {}
-    with h5py.File(path, "w") as f:
-        for idmol, n in MOLECULES.items():
-            fams = ["c1", "c2"] if idmol == "2" else ["c1"]
-            for fam in fams:
-                for suffix in ["opt"] + [f"d{k}" for k in range(1, N_DISPLACED + 1)]:
-                    idconf = f"Geom-m{idmol}-i1-{fam}-{suffix}"
-                    g = f.create_group(f"{idmol}/{idconf}")
-                    z = np.array([6, 1, 8, 16, 17][:n], dtype=np.int32)  # file dtype, not int64
-                    pos = np.arange(3 * n, dtype=np.float64).reshape(n, 3) * 0.7 + _value(idmol, idconf, "x")
-                    e = -1000.0 * n - _value(idmol, idconf, "e")
-                    force = np.full((n, 3), _value(idmol, idconf, "f")) * np.arange(1, n + 1)[:, None]
-                    g["atNUM"], g["atXYZ"], g["ePBE0+MBD"], g["totFOR"] = z, pos, np.array([e]), force
-                    g["eAT"] = np.array([75.0])            # decoys: other energies and forces
-                    g["ePBE0"] = np.array([e + 1.0])
-                    g["pbe0FOR"] = force + 1.0
-                    truth[f"{idmol}/{idconf}"] = {"z": z, "pos": pos, "e": e, "f": force}
-    return truth
-
 
 @pytest.fixture(scope="module")
 def fetched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict[str, qm7x.QM7XFile]]:
     src = tmp_path_factory.mktemp("zenodo")
-    truth = _write_hdf5(src / "1000.hdf5")
+    truth = write_qm7x_hdf5(src / "1000.hdf5")
     with open(src / "1000.hdf5", "rb") as fin, lzma.open(src / "1000.xz", "wb") as fout:
         fout.write(fin.read())
     (src / "DupMols.dat").write_text("Geom-m2-i1-c2-opt\n")

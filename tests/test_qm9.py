@@ -8,47 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from rdkit import Chem
-from rdkit.Chem import AllChem
+from real_format_fixtures import qm9_csv_row, write_qm9_raw
 
 from faenet.data import qm9
 from faenet.data.records import validate_record
 from faenet.data.store import LmdbReader
 from faenet.graph import radius_graph
 
-SMILES = ["C", "N", "O", "C#C", "CCO"]  # molecule 2 (1-based) is listed as uncharacterized below
-# CSV columns after mol_id: A, B, C, mu, alpha, homo, lumo, gap, r2, zpve, u0, u298, h298, g298, cv,
-# u0_atom, u298_atom, h298_atom, g298_atom (GHz, D, a0^3, Ha x3, a0^2, Ha x5, cal/mol/K, kcal/mol x4)
-
-
-def _csv_row(k: int) -> list[float]:
-    return [157.7 + k, 157.7 - k, 157.6, 0.1 * k, 13.2 + k, -0.3877 - 0.01 * k, 0.1171 + 0.01 * k, 0.5048,
-            35.36 + k, 0.044749, -40.47893 - k, -40.476062, -40.475117, -40.498597, 6.469 + k,
-            -395.999595 - k, -398.64329, -401.014647, -372.471772]
-
-
-def _write_raw(raw: Path) -> None:
-    raw.mkdir(parents=True, exist_ok=True)
-    w = Chem.SDWriter(str(raw / "gdb9.sdf"))
-    for k, smi in enumerate(SMILES):
-        m = Chem.AddHs(Chem.MolFromSmiles(smi))
-        AllChem.EmbedMolecule(m, randomSeed=k + 1)
-        m.SetProp("_Name", f"gdb_{k + 1}")
-        w.write(m)
-    w.close()
-    lines = [",".join(("mol_id",) + qm9.CSV_HEADER[1:])]
-    lines += [",".join([f"gdb_{k + 1}"] + [repr(x) for x in _csv_row(k)]) for k in range(len(SMILES))]
-    (raw / "gdb9.sdf.csv").write_text("\n".join(lines) + "\n")
-    header = [f"header line {i}" for i in range(9)]
-    body = ["    2  gdb_2  some comment", "footer"]
-    (raw / "uncharacterized.txt").write_text("\n".join(header + body) + "\n")
-
 
 @pytest.fixture(scope="module")
 def raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Raw files fetched through download_qm9 from file:// URLs (a zip as published + the skip list)."""
     src = tmp_path_factory.mktemp("src")
-    _write_raw(src)
+    write_qm9_raw(src)
     with zipfile.ZipFile(src / "qm9.zip", "w") as zf:
         zf.write(src / "gdb9.sdf", "gdb9.sdf")
         zf.write(src / "gdb9.sdf.csv", "gdb9.sdf.csv")
@@ -79,7 +51,7 @@ def test_units_and_skip(raw_dir: Path) -> None:
     for r in recs:
         validate_record(r)
         k = int(r.sid)
-        row = _csv_row(k)
+        row = qm9_csv_row(k)
         t = r.targets[0]
         assert r.y == pytest.approx(row[5] * 27.211386246, rel=1e-6)  # homo Ha -> eV
         assert t[0] == pytest.approx(row[3], rel=1e-6)                  # mu, D

@@ -136,7 +136,9 @@ def download_qm7x(raw_dir: str | os.PathLike, set_ids: Sequence[str] = SET_IDS, 
             if not keep_xz:
                 xz.unlink()
         out.append(h5)
-    if dupmols:
+    # Like the HDF5 files above, a DupMols.dat already in raw_dir is used as it is (a local copy, a mirror's):
+    # re-checking it against the published md5 would set a user's own list aside and need the network.
+    if dupmols and not (raw / "DupMols.dat").is_file():
         d = files["DupMols.dat"]
         download(d.url, raw / d.name, md5=d.md5, progress=progress)
     return out
