@@ -56,6 +56,19 @@ def _copy_checkout(dest: Path) -> None:
             shutil.copy2(src, dest / f)
 
 
+
+def commit_copy(repo: Path, message: str) -> dict[str, str]:
+    """Make the copied checkout ``repo`` a git repository with one commit (DVC wants one) and return the
+    environment its ``dvc repro`` runs in: this venv first on PATH, no analytics, its own MLflow store."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    _run(["git", "init", "-q"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", message], repo, env)
+    return env
+
+
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
@@ -75,12 +88,7 @@ def smoke_repo(tmp_path_factory):
     new_line = "  tinynet-is2re-none: {model: tinynet, dataset: is2re, symmetry: none}\n"
     params = params.replace(anchor, new_line + anchor, 1)
     (repo / "params.yaml").write_text(params.replace("\nprofile: default\n", "\nprofile: smoke\n", 1))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    _run(["git", "init", "-q"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "smoke"], repo, env)
+    env = commit_copy(repo, "smoke")
     t0 = time.perf_counter()
     res = _run([str(BIN / "dvc"), "repro"], repo, env)
     seconds = time.perf_counter() - t0

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import pickle
 import sys
 import time
@@ -44,7 +43,7 @@ from real_format_fixtures import (
     write_qm9_raw,
     write_s2ef_pair,
 )
-from test_pipeline import _copy_checkout, _run
+from test_pipeline import _copy_checkout, _run, commit_copy
 
 from faenet.data.qm7x import SET_IDS, SPOOKYNET_TEST_MOLECULES
 from faenet.tasks import OC20_VAL_SPLITS
@@ -175,12 +174,7 @@ def real_repo(tmp_path_factory):
     _copy_checkout(repo)
     params, _ = fixture_params((repo / "params.yaml").read_text(), raw)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, width=120))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    _run(["git", "init", "-q"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(["git", "commit", "-qm", "real-format fixture"], repo, env)
+    env = commit_copy(repo, "real-format fixture")
     t0 = time.perf_counter()
     # `report` pulls every stage it reads (fetch, train@*, scaling, ablation, symmetry, expressivity,
     # benchmark); `simulate` is not among them and is left out.
