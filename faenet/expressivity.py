@@ -217,6 +217,25 @@ def dojo_pairs(k: int = 4, folds: Sequence[int] = (2, 3, 5, 7), **record_kw) -> 
     return {p.name: p for p in pairs}
 
 
+#: Table 5's pairs by name (``pair_by_name``); ``kchain_<k>`` and ``rotsym_<fold>`` take their argument.
+BODY_PAIRS: dict[str, Callable[..., GraphPair]] = {
+    "2body": two_body_pair, "3body": three_body_pair, "4body_chiral": four_body_chiral_pair,
+    "4body_nonchiral": four_body_nonchiral_pair}
+
+
+def pair_by_name(name: str, rotsym_r: int = 1, **record_kw) -> GraphPair:
+    """The pair called ``name``: ``kchain_<k>``, ``rotsym_<fold>`` (rotated by 2π / (fold + ``rotsym_r``)) or a
+    ``BODY_PAIRS`` key. ``ValueError`` for any other name."""
+    kind, _, arg = name.partition("_")
+    if kind == "kchain" and arg.isdigit():
+        return k_chain_pair(int(arg), **record_kw)
+    if kind == "rotsym" and arg.isdigit():
+        return rotsym_pair(int(arg), r=rotsym_r, **record_kw)
+    if name not in BODY_PAIRS:
+        raise ValueError(f"unknown pair {name!r}; known: kchain_<k>, rotsym_<fold>, {sorted(BODY_PAIRS)}")
+    return BODY_PAIRS[name](**record_kw)
+
+
 # -- invariant descriptors -----------------------------------------------------------------------------
 
 def distance_multiset(pos: Tensor) -> Tensor:
@@ -464,7 +483,7 @@ def train_pair_classifier(model_factory: Callable[[], nn.Module], pair: GraphPai
                           seed: int = 0, lr: float = 1e-4, output_key: str = "energy", output_dim: int = 1,
                           select: str = "best_val", plateau: bool = True, dtype: torch.dtype = torch.float32,
                           classifier: PairClassifier | None = None, fused_adam: bool = True,
-                          device: torch.device | str = "cpu") -> PairClassifier:
+                          device: torch.device | str = "cpu", prepare: bool = True) -> PairClassifier:
     """Train a ``PairClassifier`` on the two graphs of ``pair`` with the dojo protocol (module docstring).
 
     ``model_factory()`` builds the backbone (called inside a forked RNG seeded with ``seed``, which also
@@ -476,7 +495,9 @@ def train_pair_classifier(model_factory: Callable[[], nn.Module], pair: GraphPai
     kernel, the same update rule as the dojo's for-loop Adam up to float rounding, and ~5x cheaper per step for
     models of ~100 small parameter tensors (DimeNet++), where the optimiser step was ~1/3 of a training step.
     ``device``: where the classifier and the two graphs compute; the shuffles and SFA frames are drawn from
-    CPU generators, so a CUDA run sees the same draws (on the CPU nothing moves).
+    CPU generators, so a CUDA run sees the same draws (on the CPU nothing moves). ``prepare``: run the model's
+    warm-up hook (``faenet.warmup``; GemNet fits its scaling factors) on the pair before training a fresh
+    classifier; off for a model meant to train without it (GemNet built with ``allow_unfitted=True``).
     Returns the classifier in eval mode with ``.history`` (a ``TrainHistory``).
     """
     device = torch.device(device)
@@ -500,7 +521,8 @@ def train_pair_classifier(model_factory: Callable[[], nn.Module], pair: GraphPai
         if classifier is None:
             classifier = PairClassifier(model_factory(), output_key, output_dim)
             # A model with a warm-up (GemNet's scaling factors) fits it on the pair, as on a training set.
-            prepare_model(classifier.backbone, [eval_batch.cpu()] if device.type != "cpu" else [eval_batch])
+            if prepare:
+                prepare_model(classifier.backbone, [eval_batch.cpu()] if device.type != "cpu" else [eval_batch])
         clf = classifier
         clf = clf.to(dtype) if device.type == "cpu" else clf.to(device=device, dtype=dtype)
         opt = torch.optim.Adam(clf.parameters(), lr=lr, fused=fused_adam or None)

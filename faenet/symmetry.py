@@ -56,6 +56,23 @@ _EDGE_KEYS = {"cell_offsets"}
 _GRAPH_KEYS = {"natoms", "pbc", "y", "sid", "fid", "neighbors"}
 
 
+def split_model_name(name: str) -> tuple[str, str]:
+    """A stage's model name ``<model>[-<method>]`` -> ``(model, method)``: ``"faenet-sfa"`` -> ``("faenet",
+    "sfa")``, ``"faenet-se3-full"`` -> ``("faenet", "se3-full")``, ``"schnet"`` -> ``("schnet", "none")``."""
+    base, _, method = name.partition("-")
+    return base, method or "none"
+
+
+def is_stochastic(method: str) -> bool:
+    """SFA draws a frame per forward pass, also at evaluation (DA is off at evaluation, FA averages)."""
+    return method.endswith("sfa")
+
+
+def method_group(method: str) -> str:
+    """``"SE3"`` for the SE(3) frame methods (``se3-sfa``, ``se3-full``), else ``"E3"``."""
+    return "SE3" if method.startswith("se3-") else "E3"
+
+
 def random_rotation(n: int, dim: int = 3, reflect: bool = True, generator: torch.Generator | None = None,
                     dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
     """``n`` random orthogonal 3x3 matrices, Haar-uniform on O(3)/SO(3) (dim 3) or O(2)/SO(2) about z (dim 2).

@@ -6,6 +6,36 @@ E-GNN, GVP-GNN, TFN, MACE) show "–" for ours. The first rows of each table giv
 computed congruence and what frame averaging sees of it. Notes state the protocols, seeds, epochs,
 hyperparameters and every cell where our paper-protocol value differs from the paper's, with the computed
 facts that explain it.
+
+The results document (``build_metrics``; ``results/expressivity.json``, ``schema_version`` 1), accuracies in %:
+
+    {
+      "schema_version": 1, "profile": str,
+      "table3": {"<model>": {"<layers>": CELL}},   # pair "kchain_<k>"
+      "table4": {"<model>": {"<fold>": CELL}},     # pair "rotsym_<fold>", pair_layers layers
+      "table5": {"<model>": {"<pair>": CELL}},     # pair in body_pairs ("2body", "3body", "4body_chiral",
+                                                   #   "4body_nonchiral"), pair_layers layers
+      "congruence": {"<pair>": {"E3": bool, "SE3": bool}},
+      "frames": {"<pair>": {"eigengap": [g0, g1], "degenerate": [bool, bool],
+                            "inputs_match": {"E3": bool, "SE3": bool}}},
+      "pairs": {"<pair>": {"table": str, "nodes": int, "note": str}},
+      "models": {"<model>": {"base": str, "symmetry": str, "group": "E3" | "SE3", "invariance": str,
+                             "stochastic": bool,
+                             "hparams": {...}, "layer_argument": str}},   # hparams at 1 layer
+      "config": {ExpressivityConfig fields}, "protocol": {fixed protocol settings, in words and numbers},
+      "workers": int, "seconds": {"experiments_and_mlflow": float, "mlflow": float, "total": float,
+                                  "cpu_experiments": float},
+      "provenance": {git, packages, machine}
+    }
+    CELL = {"pair": str, "layers": int, "model": str,
+            "paper":  {"mean": float, "std": float, "per_seed": [float]},   # ours, paper protocol
+            "strict": {"mean": float, "std": float, "per_seed": [float]},   # ours, strict protocol
+            "reported": {"mean": float, "std": float | null} | null,        # the paper's value (pipeline/paper.yaml)
+            "best_epoch": [int], "best_val_acc": [float], "final_loss": [float],   # per seed; epoch 0-based
+            "n_params": int, "seconds": float, "mlflow_run_id": str | null}
+
+``models.<m>.invariance``: ``faenet.expressivity_runs.invariance``. Torch-free: the sections computed with
+torch (facts, models) come in as plain dicts.
 """
 
 from __future__ import annotations
@@ -13,12 +43,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.tables import MISSING, TABLES, load_paper, write_table
+from pipeline.tables import MISSING, TABLES, load_paper, mean_std, paper_row, write_table
 
 BODY_ORDER = ("2body", "3body", "4body_chiral", "4body_nonchiral")
 BODY_LABEL = {"2body": "2-body", "3body": "3-body", "4body_chiral": "4-body (chiral, Fig. 2e)",
               "4body_nonchiral": "4-body non-chiral (dojo only)"}
-LABELS = {"schnet": "SchNet", "dimenet_pp": "DimeNet++", "faenet": "FAENet", "forcenet": "ForceNet"}
+LABELS = {"schnet": "SchNet", "dimenet_pp": "DimeNet++", "faenet": "FAENet", "forcenet": "ForceNet",
+          "gemnet_t": "GemNet-T", "gemnet_q": "GemNet-Q"}
 METHOD_LABELS = {"sfa": "SFA", "full": "FA (full)", "se3-sfa": "SE(3)-SFA", "se3-full": "SE(3)-FA (full)",
                  "da": "DA"}
 TITLES = {"table3": "Table 3: k-chains (k = {k}), accuracy (%) by number of GNN layers",
@@ -269,3 +300,55 @@ def write_expressivity_tables(metrics: dict[str, Any], folder: Path = TABLES) ->
                  + (" (listed below)." if diffs else "."), *(f"Difference: {d}" for d in diffs)]
         paths.append(write_table(table, title, header, md, csv_rows, notes, folder=folder))
     return paths
+
+
+SCHEMA_VERSION = 1
+
+
+def reported(table: str, model: str, column: str) -> dict[str, Any] | None:
+    """The paper's value of a cell (``pipeline/paper.yaml``), or None if the paper has no such cell."""
+    row = paper_row(table, model)
+    means, stds = row.get("mean", {}), row.get("std", {}) or {}
+    key = int(column) if column.isdigit() else column
+    if key not in means:
+        return None
+    return {"mean": float(means[key]), "std": None if key not in stds else float(stds[key])}
+
+
+def build_metrics(experiments: list[Any], results: dict[str, dict[str, Any]], sections: dict[str, Any],
+                  run_ids: dict[str, str], profile: str) -> dict[str, Any]:
+    """The results document (module docstring) without timings: one CELL per experiment (an
+    ``faenet.expressivity_runs.Experiment``) from ``results[exp.name]``; ``sections``: the computed
+    ``congruence`` / ``frames`` / ``pairs`` / ``models`` / ``config`` / ``protocol`` sections."""
+    facts = {k: sections[k] for k in ("congruence", "frames", "pairs")}
+    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "profile": profile,
+                           "table3": {}, "table4": {}, "table5": {}, **facts}
+    for exp in experiments:
+        r = results[exp.name]
+        out[exp.table].setdefault(exp.model, {})[exp.column] = {
+            "pair": exp.pair, "layers": exp.layers, "model": exp.model,
+            "paper": mean_std(r["paper"], ddof=0), "strict": mean_std(r["strict"], ddof=0),
+            "reported": reported(exp.table, exp.model, exp.column),
+            "best_epoch": r["best_epoch"], "best_val_acc": r["best_val_acc"], "final_loss": r["final_loss"],
+            "n_params": r["n_params"], "seconds": round(r["seconds"], 2), "mlflow_run_id": run_ids.get(exp.name)}
+    out.update({k: sections[k] for k in ("models", "config", "protocol")})
+    return out
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The stage's DVC metric from its full results: per table, the number of cells, how many the paper reports
+    and the fraction of those where ours (paper protocol) prints as the paper's value (``mean ± std`` at one
+    decimal, as Tables 3-5 compare them); per model and table, the separation rate: the fraction of
+    (cell, seed) runs at 100% accuracy under the paper protocol."""
+    tables: dict[str, Any] = {}
+    models: dict[str, dict[str, float]] = {}
+    for table in ("table3", "table4", "table5"):
+        cells = [c for per_model in metrics[table].values() for c in per_model.values()]
+        with_paper = [c for c in cells if c["reported"] is not None]
+        tables[table] = {"cells": len(cells), "reported": len(with_paper),
+                         "match_paper": (sum(fmt_acc(c["paper"]) == fmt_acc(c["reported"]) for c in with_paper)
+                                         / len(with_paper) if with_paper else None)}
+        for model, per_model in sorted(metrics[table].items()):
+            accs = [a for c in per_model.values() for a in c["paper"]["per_seed"]]
+            models.setdefault(model, {})[table] = sum(a == 100.0 for a in accs) / len(accs) if accs else None
+    return {"profile": metrics["profile"], "tables": tables, "separation_rate": models}

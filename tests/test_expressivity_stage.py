@@ -8,16 +8,10 @@ import json
 import pytest
 
 from faenet.expressivity import pair_congruence
+from faenet.expressivity_runs import Experiment, build_pair, plan, resolved_hparams, run_experiments
 from pipeline.config import ConfigError, ExpressivityConfig
-from pipeline.expressivity import (
-    Experiment,
-    build_pair,
-    plan,
-    reported,
-    resolved_hparams,
-    run_experiments,
-    run_stage,
-)
+from pipeline.expressivity import run_stage
+from pipeline.expressivity_tables import reported
 from pipeline.tables import load_paper
 
 TINY = {"schnet": {"hidden_channels": 16, "num_filters": 16, "num_gaussians": 8},
@@ -127,13 +121,19 @@ def test_results_do_not_depend_on_worker_count():
     assert list(one) == [e.name for e in exps] and strip(one) == strip(two)
 
 
-def test_configuration_errors_name_the_key():
-    with pytest.raises(ConfigError, match=r"hparams\.schnet\.num_interactions: the stage sets it"):
+def test_configuration_errors_name_the_key(tmp_path):
+    # The stage turns the library's ValueError into a ConfigError, before any training or writing.
+    with pytest.raises(ConfigError, match=r"expressivity\.hparams\.schnet: .*unknown hyperparameter"):
+        run_stage(MICRO.model_copy(update={"hparams": {"schnet": {"width": 3}}}), profile="micro",
+                  tables_dir=tmp_path / "t", results_path=tmp_path / "r.json", headline_path=tmp_path / "h.json",
+                  track=False, progress=False)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match=r"hparams\.schnet\.num_interactions: the stage sets it"):
         resolved_hparams(MICRO.model_copy(update={"hparams": {"schnet": {"num_interactions": 3}}}), "schnet", 1)
-    with pytest.raises(ConfigError, match=r"hparams\.faenet\.cutoff=6\.0 Å drops edges"):
+    with pytest.raises(ValueError, match=r"hparams\.faenet\.cutoff=6\.0 Å drops edges"):
         resolved_hparams(MICRO.model_copy(update={"hparams": {"faenet": {**TINY["faenet"], "cutoff": 6.0}}}),
                          "faenet-full", 1, max_edge=8.66)
-    with pytest.raises(ConfigError, match=r"hparams\.schnet: .*unknown hyperparameter"):
+    with pytest.raises(ValueError, match=r"hparams\.schnet: .*unknown hyperparameter"):
         resolved_hparams(MICRO.model_copy(update={"hparams": {"schnet": {"width": 3}}}), "schnet", 1)
     with pytest.raises(ValueError, match="rotsym_r=3 must lie in 1..fold"):
         ExpressivityConfig(folds=[2, 5], rotsym_r=3)

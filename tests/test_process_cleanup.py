@@ -102,8 +102,8 @@ PARENT = textwrap.dedent('''
             params = SimpleNamespace(active=SimpleNamespace(symmetry=SimpleNamespace(workers=n)))
             jobs = [SimpleNamespace(cell="c", seed=i) for i in range(n)]
             list(m._run_all(jobs, params, None, False))
-        elif kind == "expressivity":  # run_pool (fork), pipeline.expressivity.run_experiments
-            import pipeline.expressivity as m
+        elif kind == "expressivity":  # run_pool (fork), faenet.expressivity_runs.run_experiments
+            import faenet.expressivity_runs as m
             m._job = slow
             m._cost = lambda exp: 0.0
             m._warm_caches = lambda cfg: None
