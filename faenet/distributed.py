@@ -106,6 +106,28 @@ def rank_seed(seed: int, rank: int, epoch: int) -> int:
     return (seed * 1_000_003 + rank * 7919 + epoch * 104_729) % 2**63
 
 
+def partition_by_atoms(batch: Sequence[int], natoms: Sequence[int], world: int) -> list[list[int]]:
+    """Split one global batch among ``world`` ranks so their atom totals are balanced: longest-processing-time
+    greedy (graphs by atoms descending, ties by position in ``batch``; each to the rank with the fewest atoms so
+    far, ties to the lowest rank). Deterministic and the same on every rank; each rank's indices keep their order
+    in ``batch``. ``natoms[i]``: the atoms of graph ``i`` (>= 1, so every rank gets a graph when
+    ``len(batch) >= world``)."""
+    import heapq
+
+    if world < 1:
+        raise ValueError(f"world must be >= 1, got {world}")
+    sizes = [int(natoms[i]) for i in batch]
+    if any(a < 1 for a in sizes):
+        raise ValueError(f"every graph needs >= 1 atom to be balanced; got atom counts {min(sizes)} in a batch")
+    heap = [(0, r) for r in range(world)]  # (atoms so far, rank): the heap's minimum is the rank to fill
+    owner = [0] * len(batch)
+    for pos in sorted(range(len(batch)), key=lambda p: -sizes[p]):  # stable: ties keep batch order
+        total, r = heapq.heappop(heap)
+        owner[pos] = r
+        heapq.heappush(heap, (total + sizes[pos], r))
+    return [[i for i, o in zip(batch, owner, strict=True) if o == r] for r in range(world)]
+
+
 class GlobalBatchSampler:
     """Batches of indices for one rank: the slice ``rank`` of each global batch of ``batch_size * world``
     indices of one permutation shared by all ranks (module docstring). ``set_epoch`` before each epoch.

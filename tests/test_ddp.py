@@ -252,3 +252,19 @@ def test_cuda_training_matches_cpu(model, symmetry):
     print(f"{model}-{symmetry}: max relative parameter difference CUDA vs CPU {rel:.2e}")
     assert rel < 1e-4
     assert res.history[-1]["val_energy_mae"] == pytest.approx(cpu["history"][-1]["val_energy_mae"], rel=1e-4)
+
+
+def test_partition_by_atoms_hand_computed():
+    from faenet.distributed import partition_by_atoms
+
+    natoms = [10, 9, 3, 2, 2, 1]
+    # 10->r0, 9->r1, 3->r1 (9<10), 2->r0 (10<12), 2->r0 (12=12: lowest rank), 1->r1 (13<14)
+    parts = partition_by_atoms(list(range(6)), natoms, 2)
+    assert parts == [[0, 3, 4], [1, 2, 5]]
+    assert [sum(natoms[i] for i in p) for p in parts] == [14, 13]
+    batch = [5, 0, 3, 1, 4, 2]  # a permuted global batch: same owners, each rank in batch order
+    again = partition_by_atoms(batch, natoms, 2)
+    assert again == [[0, 3, 4], [5, 1, 2]]
+    assert partition_by_atoms(batch, natoms, 2) == again  # deterministic
+    three = partition_by_atoms(batch, natoms, 3)
+    assert sorted(i for p in three for i in p) == list(range(6)) and all(three)
