@@ -134,12 +134,21 @@ class GlobalBatchSampler:
 
     A global batch of ``m`` indices gives ranks ``m // W`` or ``m // W + 1`` of them; a last batch with fewer
     indices than ranks is dropped (a rank with no graph cannot take part in the gradient all-reduce).
+
+    With ``natoms`` (atoms per graph), each global batch is instead split by ``partition_by_atoms``, so ranks get
+    balanced atom totals (OCP's balanced batch sampler idea: the step waits for the slowest rank, whose cost
+    grows with its atoms). The union batch is unchanged, and so is the step: each rank's loss is its sum over
+    the global count times W (``denoms``) and DDP averages gradients over ranks, so the gradient is that of
+    (sum over all ranks) / global count whatever the per-rank graph counts.
     """
 
-    def __init__(self, n: int, batch_size: int, dist: Dist, order: Callable[[int], list[int]]) -> None:
+    def __init__(self, n: int, batch_size: int, dist: Dist, order: Callable[[int], list[int]],
+                 natoms: Sequence[int] | None = None) -> None:
         """``order(epoch)``: the permutation of ``range(n)`` of an epoch, the same on every rank (the trainer
         passes its 1-process order, ``faenet.training.epoch_order``)."""
-        self.n, self.batch_size, self.dist, self.order = n, batch_size, dist, order
+        if natoms is not None and len(natoms) != n:
+            raise ValueError(f"natoms has {len(natoms)} entries for a dataset of {n} graphs")
+        self.n, self.batch_size, self.dist, self.order, self.natoms = n, batch_size, dist, order, natoms
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -154,6 +163,9 @@ class GlobalBatchSampler:
     def __iter__(self) -> Iterator[list[int]]:
         w, r = self.dist.world_size, self.dist.rank
         for b in self.global_batches():
+            if self.natoms is not None:
+                yield partition_by_atoms(b, self.natoms, w)[r]
+                continue
             q, extra = divmod(len(b), w)
             start = r * q + min(r, extra)
             yield b[start:start + q + (1 if r < extra else 0)]

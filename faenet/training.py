@@ -206,8 +206,17 @@ def record_stream(dataset: Dataset, num_workers: int = 0, chunk: int = 256) -> I
         yield from part
 
 
+def atom_counts(dataset: Dataset, num_workers: int = 0) -> list[int]:
+    """Atoms of every graph of ``dataset`` (after its transform, e.g. a rewiring that drops atoms), for the
+    atom-balanced DDP sampler: read from the held records, or in one decoding pass of a streamed set."""
+    return [int(rec.natoms) for rec in record_stream(dataset, num_workers)]
+
+
+BALANCE_RANKS = ("off", "atoms")
+
+
 def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int, dist: ddp.Dist,
-                 cuda: bool) -> tuple[DataLoader, ddp.GlobalBatchSampler]:
+                 cuda: bool, natoms: list[int] | None = None) -> tuple[DataLoader, ddp.GlobalBatchSampler]:
     """The training DataLoader of ``num_workers > 0`` workers, built once: persistent workers (each keeps its own
     LMDB environment across epochs) and a batch sampler (``set_epoch`` before each epoch) over the 1-process
     order ``epoch_order``, cut in batches as ``_epoch_loader`` cuts it; under DDP, this rank's slices.
@@ -217,7 +226,7 @@ def train_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int,
     """
     n = len(dataset)
     order = lru_cache(maxsize=2)(lambda epoch: epoch_order(n, seed, epoch))  # len() and iter() ask twice
-    sampler = ddp.GlobalBatchSampler(n, batch_size, dist, order)
+    sampler = ddp.GlobalBatchSampler(n, batch_size, dist, order, natoms)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, persistent_workers=True,
                         pin_memory=cuda, generator=torch.Generator().manual_seed(seed))
     return loader, sampler
@@ -405,6 +414,7 @@ def train(
     dist: ddp.Dist | None = None,
     on_step: Callable[[int, int], None] | None = None,
     num_workers: int = 0,
+    balance_ranks: str = "off",
 ) -> TrainResult:
     """Train ``model`` (already wrapped by its symmetry method) and evaluate on each split every epoch.
 
@@ -422,6 +432,11 @@ def train(
     ``num_workers`` (> 0): DataLoader worker processes read the training and evaluation batches
     (``train_loader``, ``predict``); same batches, same numbers as 0. A streamed training set
     (``GraphDataset(in_memory=False)``, or a ``Subset`` of one) gets its normaliser from ``Normalizer.fit_stream``.
+
+    ``balance_ranks="atoms"`` (DDP only): each global batch is split among ranks by atom count
+    (``faenet.distributed.partition_by_atoms``) instead of in contiguous slices; the same union batch, so the
+    same step. The SFA/DA draws are per rank, so with those methods the numbers differ from the unbalanced run's
+    (as they differ between world sizes).
     """
     check_split(model, train_set, "train")  # before anything is fitted: empty splits, Z the model lacks
     for name, val_set in val_sets.items():
@@ -434,6 +449,9 @@ def train(
     _seed_everything(s.seed)
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if balance_ranks not in BALANCE_RANKS:
+        raise ValueError(f"balance_ranks must be one of {BALANCE_RANKS}, got {balance_ranks!r}")
+    natoms = atom_counts(train_set, num_workers) if dist.enabled and balance_ranks == "atoms" else None
     if is_streamed(train_set):  # no list of every record: one pass of running sums, decoded by the workers
         norm = Normalizer.fit_stream(lambda: record_stream(train_set, num_workers), s.normalize_targets,
                                      s.element_shift)
@@ -448,10 +466,10 @@ def train(
     scaler = grad_scaler(amp, device)
     worker_loader: DataLoader | None = None
     if num_workers > 0:  # one loader for the whole run: its workers persist across epochs
-        worker_loader, sampler = train_loader(train_set, s.batch_size, s.seed, num_workers, dist, cuda)
+        worker_loader, sampler = train_loader(train_set, s.batch_size, s.seed, num_workers, dist, cuda, natoms)
     else:
         sampler = (ddp.GlobalBatchSampler(len(train_set), s.batch_size, dist,
-                                          lambda epoch: epoch_order(len(train_set), s.seed, epoch))
+                                          lambda epoch: epoch_order(len(train_set), s.seed, epoch), natoms)
                    if dist.enabled else None)
     steps_per_epoch = len(sampler) if sampler is not None else math.ceil(len(train_set) / s.batch_size)
     total_steps = steps_per_epoch * s.epochs

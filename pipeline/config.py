@@ -254,6 +254,10 @@ class TrainConfig(Strict):
     # DDP ranks of the train stage on this node (> 1: the stage re-executes itself under torchrun --standalone;
     # under torchrun/srun already, the launcher's world size is used). Global batch = batch_size x ranks.
     nproc_per_node: PositiveInt = 1
+    # Under DDP, split each global batch among ranks by atoms per graph (LPT greedy) rather than in contiguous
+    # slices, so no rank waits for one with the big graphs (faenet.distributed.partition_by_atoms); the same union
+    # batches, so not in the runs' keys. Off by default.
+    balance_ranks: Literal["off", "atoms"] = "off"
     is2re: TaskTrainConfig = TaskTrainConfig()
     s2ef: TaskTrainConfig = TaskTrainConfig(force_coef=30.0, regress_forces="direct")
     qm7x: TaskTrainConfig = TaskTrainConfig(force_coef=100.0, regress_forces="direct", element_shift=True)

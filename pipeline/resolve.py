@@ -186,6 +186,7 @@ def resolve_run(params: Params, cell: ResolvedCell | str, seed: int, target: str
                    device=_profile(params, cell.profile).train.device,
                    amp=_profile(params, cell.profile).train.amp,
                    num_workers=_profile(params, cell.profile).train.num_workers,
+                   balance_ranks=_profile(params, cell.profile).train.balance_ranks,
                    stream=_profile(params, cell.profile).train.stream)
 
 

@@ -74,6 +74,7 @@ class RunSpec:
     device: str = "auto"  # train.device (not in the key: where a run computes, not what it is)
     amp: str = "off"  # train.amp (in the key when not "off": mixed precision changes the numbers)
     num_workers: int = 0  # train.num_workers (not in the key: DataLoader workers give the same batches)
+    balance_ranks: str = "off"  # train.balance_ranks (not in the key, like nproc_per_node: the same union batches)
     # train.stream: in the key only with an element shift, whose streamed normal equations agree with the
     # in-memory least squares to float rounding only (without one, a streamed run is bit-identical).
     stream: bool = False
@@ -193,7 +194,8 @@ def fit(spec: RunSpec, sets: Mapping[str, Any], eval_names: Sequence[str], needs
     check_splits(net, sets, eval_names)
     result = train(wrapped, sets["train"], {n: sets[n] for n in eval_names[:1]}, spec.settings, needs_forces,
                    checkpoint_path=spec.ckpt_path, on_epoch=lambda epoch, _: epoch_ended.update({epoch: time.time()}),
-                   progress=progress, device=device, amp=spec.amp, dist=dist, num_workers=spec.num_workers)
+                   progress=progress, device=device, amp=spec.amp, dist=dist, num_workers=spec.num_workers,
+                   balance_ranks=spec.balance_ranks)
     if result.resumed_from_epoch and dist.is_main:
         print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}", flush=True)
     final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces, split=n,

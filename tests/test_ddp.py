@@ -79,7 +79,8 @@ def _build(model: str, symmetry: str):
     return net, SymmetryWrapper(net, symmetry, frame_dim=3)
 
 
-def _rank_main(rank: int, cases: list[tuple[str, str]], epochs: int, out: str, kill_at: int) -> None:
+def _rank_main(rank: int, cases: list[tuple[str, str]], epochs: int, out: str, kill_at: int,
+               balance: str = "off") -> None:
     """One rank: for each (model, symmetry) case, train, evaluate (sharded); rank 0 saves the parameters,
     history and MAE. Several cases per spawn: starting a rank (imports) is what costs time here."""
     torch.set_num_threads(1)
@@ -97,7 +98,7 @@ def _rank_main(rank: int, cases: list[tuple[str, str]], epochs: int, out: str, k
             res = train(wrapped, TRAIN, {"val": VAL}, _settings(PER_RANK_BATCH, epochs), True,
                         checkpoint_path=Path(out) / f"ckpt-{tag}.pt", progress=False, dist=d, device=device,
                         on_epoch=lambda e, row, m=metrics: m.open("a").write(json.dumps({"epoch": e, **row}) + "\n"),
-                        on_step=on_step)
+                        on_step=on_step, balance_ranks=balance)
             final = evaluate(wrapped, VAL, 4, res.normalizer, True, dist=d, device=device)
             if d.is_main:
                 torch.save({"params": {k: v.detach().clone() for k, v in net.named_parameters()}, "final": final,
@@ -106,10 +107,11 @@ def _rank_main(rank: int, cases: list[tuple[str, str]], epochs: int, out: str, k
         ddp.shutdown()
 
 
-def _run_ranks(tmp: Path, cases: list[tuple[str, str]], epochs: int = 2, kill_at: int = -1) -> dict:
+def _run_ranks(tmp: Path, cases: list[tuple[str, str]], epochs: int = 2, kill_at: int = -1,
+               balance: str = "off") -> dict:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "pg").unlink(missing_ok=True)  # the file rendezvous must not exist beforehand
-    ddp.spawn(_rank_main, (cases, epochs, str(tmp), kill_at), WORLD)
+    ddp.spawn(_rank_main, (cases, epochs, str(tmp), kill_at, balance), WORLD)
     return {f"{m}-{s}": torch.load(tmp / f"{m}-{s}.pt", weights_only=False) for m, s in cases}
 
 
@@ -134,6 +136,34 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path):
     for model, symmetry in cases:
         _check_equivalent(runs[f"{model}-{symmetry}"], _one_process(model, symmetry), model, symmetry,
                           tmp_path / f"metrics-{model}-{symmetry}.jsonl")
+
+
+def test_two_ranks_balanced_by_atoms_equal_one_process(tmp_path):
+    # TRAIN's graphs have 4, 5 or 6 atoms: the atom-balanced split differs from the contiguous one (checked
+    # below), yet the union batch and so the step are the 1-process ones.
+    n = len(TRAIN)
+    natoms = [int(r.natoms) for r in TRAIN]
+    order = lambda e: epoch_order(n, 5, e)  # noqa: E731
+    plain = [list(ddp.GlobalBatchSampler(n, PER_RANK_BATCH, ddp.Dist(r, WORLD, r), order)) for r in range(WORLD)]
+    balanced = [list(ddp.GlobalBatchSampler(n, PER_RANK_BATCH, ddp.Dist(r, WORLD, r), order, natoms))
+                for r in range(WORLD)]
+    assert plain != balanced
+    for k, glob in enumerate(ddp.GlobalBatchSampler(n, PER_RANK_BATCH, ddp.Dist(0, WORLD, 0), order).global_batches()):
+        parts = [balanced[r][k] for r in range(WORLD)]
+        assert sorted(i for p in parts for i in p) == sorted(glob)  # every graph of the global batch once
+        totals = [sum(natoms[i] for i in p) for p in parts]
+        assert max(totals) - min(totals) <= max(natoms[i] for i in glob)  # LPT bound
+    runs = _run_ranks(tmp_path, [("faenet", "none")], balance="atoms")
+    _check_equivalent(runs["faenet-none"], _one_process("faenet", "none"), "faenet", "none",
+                      tmp_path / "metrics-faenet-none.jsonl")
+
+
+def test_balance_ranks_bad_value_and_natoms_length():
+    net, wrapped = _build("schnet", "none")
+    with pytest.raises(ValueError, match="balance_ranks must be one of"):
+        train(wrapped, TRAIN, {}, _settings(3, 1), True, progress=False, balance_ranks="graphs")
+    with pytest.raises(ValueError, match="natoms has 3 entries for a dataset of 12 graphs"):
+        ddp.GlobalBatchSampler(12, 3, ddp.Dist(0, 2, 0), lambda e: list(range(12)), natoms=[1, 2, 3])
 
 
 def _check_equivalent(two: dict, one: dict, model: str, symmetry: str, metrics: Path) -> None:
