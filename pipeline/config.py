@@ -216,7 +216,9 @@ class MD17Data(Strict):
     @model_validator(mode="after")
     def _leaves_training_frames(self) -> MD17Data:
         total = len(self.molecules) * self.n_trajectories * self.frames_per_trajectory
-        if self.source == "embedded" and round(self.val_fraction * total) + round(self.test_fraction * total) >= total:
+        # As faenet.data.md17 counts them: at least one frame each for val and test.
+        n_eval = max(1, round(self.val_fraction * total)) + max(1, round(self.test_fraction * total))
+        if self.source == "embedded" and n_eval >= total:
             raise ValueError(f"{total} frames (molecules x n_trajectories x frames_per_trajectory) leave none for "
                              f"training after val_fraction {self.val_fraction} and test_fraction {self.test_fraction};"
                              " add frames or lower the fractions")
