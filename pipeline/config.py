@@ -188,10 +188,51 @@ class QM9Data(Strict):
     n_val: PositiveInt = 10_000
 
 
+class MD17Data(Strict):
+    """MD17: the embedded MD17-like set (``embedded``: Langevin MD driven by GFN2-xTB, ``faenet.data.md17``) or
+    the real revised MD17 (``real``: ``raw_dir/rmd17_<molecule>.npz`` of each listed molecule, PBE labels)."""
+
+    source: Literal["embedded", "real"] = "embedded"
+    seed: NonNegInt = 0
+    # MD17 names (faenet.data.md17.MD17_MOLECULES) or SMILES; MD17 trains one model per molecule: list one.
+    molecules: Annotated[list[str], Field(min_length=1), Distinct] = Field(default_factory=lambda: ["ethanol"])
+    n_trajectories: PositiveInt = 2
+    frames_per_trajectory: PositiveInt = 200
+    stride: PositiveInt = 10
+    equilibration_steps: NonNegInt = 400
+    temperature_K: PositiveFloat = 500.0  # MD17's
+    timestep_fs: PositiveFloat = 0.5  # MD17's
+    friction_per_fs: PositiveFloat = 0.02
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    cutoff: PositiveFloat = 5.0
+    max_num_neighbors: PositiveInt = 40
+    workers: PositiveInt = 2
+    # real only: where the rMD17 npz files are (relative to the repo root) and how many frames to take (rMD17:
+    # 100k per molecule; the same random val/test fractions, seeded, split them).
+    raw_dir: str = "data_raw/rmd17"
+    n_frames: PositiveInt = 100_000
+
+    @model_validator(mode="after")
+    def _leaves_training_frames(self) -> MD17Data:
+        total = len(self.molecules) * self.n_trajectories * self.frames_per_trajectory
+        # As faenet.data.md17 counts them: at least one frame each for val and test.
+        n_eval = max(1, round(self.val_fraction * total)) + max(1, round(self.test_fraction * total))
+        if self.source == "embedded" and n_eval >= total:
+            raise ValueError(f"{total} frames (molecules x n_trajectories x frames_per_trajectory) leave none for "
+                             f"training after val_fraction {self.val_fraction} and test_fraction {self.test_fraction};"
+                             " add frames or lower the fractions")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction} >= 1 leaves "
+                             "no training frames")
+        return self
+
+
 class DataConfig(Strict):
     catalysis: CatalysisData = CatalysisData()
     qm7x: QM7XData = QM7XData()
     qm9: QM9Data = QM9Data()
+    md17: MD17Data = MD17Data()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -262,6 +303,8 @@ class TrainConfig(Strict):
     s2ef: TaskTrainConfig = TaskTrainConfig(force_coef=30.0, regress_forces="direct")
     qm7x: TaskTrainConfig = TaskTrainConfig(force_coef=100.0, regress_forces="direct", element_shift=True)
     qm9: TaskTrainConfig = TaskTrainConfig(targets=["gap"])
+    # One molecule: its energies differ by conformation only, so no per-element shift (normalisation centres them).
+    md17: TaskTrainConfig = TaskTrainConfig(force_coef=100.0, regress_forces="direct")
     # Per-(model, task) overrides of the task settings, e.g. {"faenet": {"s2ef": {"rewiring": "remove-tag-0"}}}.
     # Model names are checked against the registry by validate_models.
     overrides: dict[str, dict[Literal[DATASETS], dict[str, Any]]] = Field(default_factory=dict)
@@ -269,7 +312,7 @@ class TrainConfig(Strict):
     @model_validator(mode="after")
     def _targets_only_for_qm9(self) -> TrainConfig:
         errors = []
-        for task in ("is2re", "s2ef", "qm7x"):
+        for task in (t for t in DATASETS if t != "qm9"):
             if getattr(self, task).targets:
                 errors.append(f".{task}.targets: only qm9 trains per-property models; leave it empty")
         if not self.qm9.targets:
@@ -306,6 +349,7 @@ class ModelSpec(Strict):
     s2ef: dict[str, Any] = Field(default_factory=dict)
     qm7x: dict[str, Any] = Field(default_factory=dict)
     qm9: dict[str, Any] = Field(default_factory=dict)
+    md17: dict[str, Any] = Field(default_factory=dict)
 
     def for_task(self, task: str) -> dict[str, Any]:
         return {**self.common, **getattr(self, task)}
@@ -376,8 +420,9 @@ class SymmetryEvalConfig(Strict):
     @classmethod
     def _energy_tasks_only(cls, v: list[str]) -> list[str]:
         if "qm9" in v:
+            allowed = [t for t in DATASETS if t != "qm9"]
             raise ValueError("qm9 trains one model per molecular property (not energies in eV), which the "
-                             "App. D metrics (meV) do not apply to; choose among is2re, s2ef, qm7x")
+                             f"App. D metrics (meV) do not apply to; choose among {allowed}")
         if len(set(v)) != len(v):
             raise ValueError(f"datasets lists a task twice: {v}")
         return v
@@ -786,7 +831,7 @@ def _error_lines(err: ValidationError, root: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 
 #: Where the graphs a task's model reads were built: a model cutoff above it finds no extra edges.
-GRAPH_CUTOFF = {"is2re": "catalysis", "s2ef": "catalysis", "qm7x": "qm7x", "qm9": "qm9"}
+GRAPH_CUTOFF = {t: "catalysis" if t in CATALYSIS else t for t in DATASETS}
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 

@@ -1,11 +1,13 @@
-"""Stage `fetch`: every dataset of the profile as LMDBs under ``data/<task>/`` (is2re, s2ef, qm7x, qm9).
+"""Stage `fetch`: every dataset of the profile as LMDBs under ``data/<task>/`` (is2re, s2ef, qm7x, qm9, md17).
 
 Catalysis (``data.catalysis.source``): ``emt`` generates the embedded OC20-like set with ASE's EMT
 (deterministic by seed, resumable: per-system results are cached in ``work/fetch/catalysis``); ``oc20``
 downloads the real OC20 (checksummed, safe extraction) and converts its records to the project schema.
 Molecules (``data.qm7x.source``, ``data.qm9.source``): ``embedded`` builds the QM7-X-like / QM9-like sets
 (RDKit conformers, GFN2-xTB labels, per-molecule cache in ``work/fetch/<task>``); ``real`` downloads and
-converts QM7-X (Zenodo HDF5) and QM9 (PyG's raw files). Each ``data/<task>/summary.json`` describes its set.
+converts QM7-X (Zenodo HDF5) and QM9 (PyG's raw files). MD17 (``data.md17.source``): ``embedded`` runs GFN2-xTB
+Langevin trajectories (``faenet.data.md17``, per-trajectory cache in ``work/fetch/md17``); ``real`` converts the
+rMD17 npz files found in ``data.md17.raw_dir``. Each ``data/<task>/summary.json`` describes its set.
 Writes the data card ``reports/data_card.md``, ``results/fetch.json`` (hashes, sizes, timings) and its headline
 ``metrics/fetch.json`` (DVC metric: ``headline``).
 """
@@ -18,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CATALYSIS, ROOT, CatalysisData, Params, QM7XData, QM9Data, stage_main
+from faenet.tasks import TASKS
+from pipeline.config import CATALYSIS, ROOT, CatalysisData, MD17Data, Params, QM7XData, QM9Data, stage_main
 from pipeline.tracking import write_json
 
 DATA = ROOT / "data"
@@ -106,6 +109,28 @@ def fetch_qm9(d: QM9Data) -> dict[str, Any]:
     return summary
 
 
+def fetch_md17(d: MD17Data) -> dict[str, Any]:
+    out = DATA / "md17"
+    if d.source == "embedded":
+        from faenet.data.md17 import generate_md17_like
+
+        return generate_md17_like(
+            out, molecules=d.molecules, n_trajectories=d.n_trajectories, frames_per_trajectory=d.frames_per_trajectory,
+            seed=d.seed, stride=d.stride, equilibration_steps=d.equilibration_steps, temperature_K=d.temperature_K,
+            timestep_fs=d.timestep_fs, friction_per_fs=d.friction_per_fs, val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction, workers=d.workers, cutoff=d.cutoff, max_neighbors=d.max_num_neighbors,
+            cache_dir=WORK / "md17", progress=True)
+    from faenet.data.md17 import write_rmd17_lmdbs
+
+    return write_rmd17_lmdbs(ROOT / d.raw_dir, out, molecules=d.molecules, n_frames=d.n_frames, seed=d.seed,
+                             val_fraction=d.val_fraction, test_fraction=d.test_fraction, cutoff=d.cutoff,
+                             max_neighbors=d.max_num_neighbors)
+
+
+#: Molecular sets: (data config section = task, fetch function); catalysis holds both OC20 tasks.
+MOLECULE_FETCHERS = {"qm7x": fetch_qm7x, "qm9": fetch_qm9, "md17": fetch_md17}
+
+
 def main() -> int:
     return stage_main(fetch_all)
 
@@ -115,8 +140,8 @@ def fetch_all(params: Params) -> int:
     t0 = time.perf_counter()
     summaries: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    for name, fn, cfg in (("catalysis", fetch_catalysis, d.catalysis), ("qm7x", fetch_qm7x, d.qm7x),
-                          ("qm9", fetch_qm9, d.qm9)):
+    for name, fn, cfg in (("catalysis", fetch_catalysis, d.catalysis),
+                          *((t, fn, getattr(d, t)) for t, fn in MOLECULE_FETCHERS.items())):
         t = time.perf_counter()
         summaries[name] = fn(cfg)
         seconds[name] = round(time.perf_counter() - t, 1)
@@ -124,16 +149,15 @@ def fetch_all(params: Params) -> int:
               flush=True)
     from faenet.data.dataset import content_hash
 
-    hashes = {task: content_hash(DATA / task) for task in ("is2re", "s2ef", "qm7x", "qm9")}
+    hashes = {task: content_hash(DATA / task) for task in TASKS}
     card = ROOT / "reports" / "data_card.md"
     card.parent.mkdir(parents=True, exist_ok=True)
     card.write_text(data_card(params.profile, summaries, hashes))
     result = {
         "profile": params.profile, "content_hashes": hashes, "stage_seconds": round(time.perf_counter() - t0, 1),
-        "seconds": seconds, "sizes": {"is2re": summaries["catalysis"]["counts"]["is2re"],
-                                      "s2ef": summaries["catalysis"]["counts"]["s2ef"],
-                                      "qm7x": summaries["qm7x"]["sizes"], "qm9": summaries["qm9"]["sizes"]},
-        "degenerate_frames": {k: summaries[k].get("degenerate_frames") for k in ("qm7x", "qm9")},
+        "seconds": seconds,
+        "sizes": {t: summaries["catalysis"]["counts"][t] if t in CATALYSIS else summaries[t]["sizes"] for t in TASKS},
+        "degenerate_frames": {k: summaries[k].get("degenerate_frames") for k in MOLECULE_FETCHERS},
         "catalysis": {k: v for k, v in summaries["catalysis"].items() if k in TIMING_KEYS}}
     write_json(RESULTS_PATH, result)
     write_json(HEADLINE_PATH, headline(result))
@@ -147,6 +171,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def data_card(profile: str, summaries: dict[str, Any], hashes: dict[str, str]) -> str:
+    from faenet.data.md17 import data_card_markdown as md17_card
     from faenet.data.molecules import data_card_markdown as molecules_card
 
     cat = summaries["catalysis"]
@@ -155,11 +180,11 @@ def data_card(profile: str, summaries: dict[str, Any], hashes: dict[str, str]) -
     else:
         from faenet.data.oc20 import data_card_markdown as catalysis_card
     parts = [f"# Data card (profile `{profile}`)", "",
-             "Written by stage `fetch`. Sections: catalysis (IS2RE, S2EF), QM7-X, QM9.", "",
+             "Written by stage `fetch`. Sections: catalysis (IS2RE, S2EF), QM7-X, QM9, MD17.", "",
              "| data | content hash (sha256 over record values) |", "|---|---|"]
     parts += [f"| {k} | `{v}` |" for k, v in hashes.items()]
     parts += ["", _demote(catalysis_card(cat)), "", _demote(molecules_card(summaries["qm7x"])), "",
-              _demote(molecules_card(summaries["qm9"]))]
+              _demote(molecules_card(summaries["qm9"])), "", _demote(md17_card(summaries["md17"]))]
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -171,3 +171,14 @@ def test_qm9_like_properties_are_xtb_at_the_stored_positions(tmp_path: Path) -> 
             if n == "alpha":
                 continue
             assert stored[i] == pytest.approx(np.float32(props[n]), rel=1e-6, abs=1e-6), n
+
+
+def test_md17_like_labels_are_xtb_at_the_stored_positions(tmp_path: Path) -> None:
+    from faenet.data.md17 import generate_md17_like
+
+    generate_md17_like(tmp_path, molecules=["ethanol", "malonaldehyde"], n_trajectories=1, frames_per_trajectory=10,
+                       equilibration_steps=50, seed=3, workers=2, progress=False)
+    for r in _sample(_all(tmp_path)):
+        res = _xtb(r.atomic_numbers.numpy(), r.pos.double().numpy())
+        assert float(r.y) == pytest.approx(float(res.get("energy")) * Hartree, abs=1e-6)
+        np.testing.assert_allclose(r.force.double().numpy(), -res.get("gradient") * Hartree / Bohr, rtol=0, atol=1e-5)

@@ -11,12 +11,12 @@ import pipeline.reporting.tables as report_tables
 
 
 def test_task_facts():
-    assert tasks.TASKS == ("is2re", "s2ef", "qm7x", "qm9") == tasks.CATALYSIS + tasks.MOLECULES
-    assert tasks.FRAME_DIM == {"is2re": 2, "s2ef": 2, "qm7x": 3, "qm9": 3}
-    assert set(tasks.FORCE_TASKS) == {"s2ef", "qm7x"} and set(tasks.EVAL_SPLITS) == set(tasks.TASKS)
+    assert tasks.TASKS == ("is2re", "s2ef", "qm7x", "qm9", "md17") == tasks.CATALYSIS + tasks.MOLECULES
+    assert tasks.FRAME_DIM == {"is2re": 2, "s2ef": 2, "qm7x": 3, "qm9": 3, "md17": 3}
+    assert set(tasks.FORCE_TASKS) == {"s2ef", "qm7x", "md17"} and set(tasks.EVAL_SPLITS) == set(tasks.TASKS)
     # the first split drives the schedulers: a validation split, never test
     assert {t: s[0] for t, s in tasks.EVAL_SPLITS.items()} == {"is2re": "val_id", "s2ef": "val_id",
-                                                               "qm7x": "val_id", "qm9": "val"}
+                                                               "qm7x": "val_id", "qm9": "val", "md17": "val"}
     assert all(s[-1] == "test" for s in tasks.EVAL_SPLITS.values())
     assert tasks.EVAL_SPLITS["is2re"][:4] == tasks.OC20_VAL_SPLITS == tasks.EVAL_SPLITS["s2ef"][:4]
 

@@ -287,8 +287,15 @@ def _label_qm9(task: dict[str, Any]) -> dict[str, np.ndarray]:
             "rdkit_s": np.array(t1 - t0), "xtb_s": np.array(time.process_time() - t1)}
 
 
+def _label_md17(task: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One Langevin trajectory of one molecule (``faenet.data.md17``; imported here, in the worker, on demand)."""
+    from faenet.data.md17 import label_trajectory
+
+    return label_trajectory(task)
+
+
 _LABELLERS: dict[str, Callable[[dict[str, Any]], dict[str, np.ndarray]]] = {
-    "qm7x": _label_qm7x, "qm9": _label_qm9}
+    "qm7x": _label_qm7x, "qm9": _label_qm9, "md17": _label_md17}
 
 
 def _run_task(task: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -297,7 +304,7 @@ def _run_task(task: dict[str, Any]) -> dict[str, np.ndarray]:
         out = _LABELLERS[task["kind"]](task)
     except Exception as err:  # noqa: BLE001 (RDKit/tblite raise assorted types; record and drop the molecule)
         return {"error": np.array(f"{type(err).__name__}: {err}")}
-    if not all(np.isfinite(v).all() for k, v in out.items() if k in ("pos", "energy", "force")):
+    if not all(np.isfinite(v).all() for k, v in out.items() if k in ("pos", "energy", "force", "temperature")):
         return {"error": np.array("non-finite positions or labels")}
     return out
 
