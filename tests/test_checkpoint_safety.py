@@ -25,7 +25,7 @@ from faenet.checkpoint import (
     set_rng_state,
 )
 from faenet.training import TrainSettings, train
-from pipeline.benchmark import load_graphs, save_graphs
+from faenet.benchmarking import load_graphs, save_graphs
 from pipeline.symmetry import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
