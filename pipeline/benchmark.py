@@ -34,6 +34,7 @@ from typing import Any
 from faenet import benchmarking as B
 from pipeline.config import ROOT, SYMMETRY_METHODS, Params, stage_main
 from pipeline.reporting import benchmark as R
+from pipeline.reporting.benchmark import headline  # every stage's headline is pipeline.<stage>.headline
 from pipeline.tracking import machine_info, package_versions, write_json
 
 RESULTS_PATH = ROOT / "results" / "benchmark.json"
@@ -56,7 +57,7 @@ def _main(params: Params, argv: list[str]) -> int:
         return 0
     result = run_benchmark(params)
     write_json(RESULTS_PATH, result)
-    write_json(HEADLINE_PATH, R.headline(result))
+    write_json(HEADLINE_PATH, headline(result))
     R.write_report(result, REPORT_PATH)
     for line in R.target_lines(result):
         print(line)
