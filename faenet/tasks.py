@@ -21,3 +21,5 @@ EVAL_SPLITS: dict[str, tuple[str, ...]] = {"is2re": (*OC20_VAL_SPLITS, "test"),
                                            "qm7x": ("val_id", "val_ood", "test"),
                                            "qm9": ("val", "test"),
                                            "md17": ("val", "test")}
+#: Systems in OC20 IS2RE "all" train (ocp docs/core/datasets/oc20.md): the benchmark's epoch of OC20 IS2RE.
+OC20_IS2RE_TRAIN: int = 460_328

@@ -1,17 +1,22 @@
 """Benchmark machinery without timing assertions: inputs, the measurement plan and its protocols, the
-ratios / costs / speed-target logic on synthetic numbers, and the measurement helpers' bookkeeping."""
+ratios / costs / speed-target logic on synthetic numbers, the measurement helpers' bookkeeping, and the
+headline and report of a committed default-profile results file (``tests/fixtures/benchmark``)."""
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from torch_geometric.data import Batch
 
+from faenet import benchmarking as B
 from faenet.data.dataset import remove_tag0
+from faenet.frames import num_frames
 from faenet.model import FAENet
 from faenet.symmetry import SymmetryWrapper
 from faenet.throughput import (
@@ -24,6 +29,10 @@ from faenet.throughput import (
 )
 from pipeline import benchmark as bm
 from pipeline.config import PARAMS_PATH, parse_params
+from pipeline.reporting import benchmark as R
+
+FIXTURES = Path(__file__).parent / "fixtures" / "benchmark"
+N_FRAMES = {m: num_frames(2, m.startswith("se3")) for m in ("full", "se3-full")}
 
 
 def _params(**bench):
@@ -136,7 +145,7 @@ def _fake_result():
 
 def test_ratios_costs_and_targets_from_known_numbers():
     result = _fake_result()
-    result["ratios"] = bm.throughput_ratios(result)
+    result["ratios"] = R.throughput_ratios(result)
     r = result["ratios"]["paper"]["faenet-sfa/schnet"]
     assert r["inference"]["same_graph_full"] == pytest.approx(9 / 20)
     assert r["inference"]["same_graph_rewired"] == pytest.approx(30 / 50)
@@ -144,28 +153,28 @@ def test_ratios_costs_and_targets_from_known_numbers():
     assert r["inference"]["paper"] == pytest.approx(2469 / 3597)
     assert r["epoch_time"]["same_graph_full"] == pytest.approx(0.2 / 0.33)
     assert r["epoch_time"]["paper"] == pytest.approx(9 / 12)
-    result["symmetry_costs"] = bm.symmetry_costs(result)
+    result["symmetry_costs"] = R.symmetry_costs(result, N_FRAMES)
     c = result["symmetry_costs"]["paper"]
     assert c["full/sfa"]["inference"]["same_graph_full"] == pytest.approx(9 / 2.5)
     assert c["full/sfa"]["n_frames"] == 4
     assert c["full/sfa"]["per_frame"]["inference"]["same_graph_full"] == pytest.approx(9 / 2.5 / 4)
     assert c["sfa/none"]["training"]["same_graph_rewired"] == pytest.approx(0.1 / 0.09)
-    result["speed_targets"] = bm.speed_targets(result)
+    result["speed_targets"] = R.speed_targets(result)
     targets = {t["name"]: t for t in result["speed_targets"]}
     assert targets["faenet_sfa_over_schnet_throughput"]["value"] == pytest.approx(0.45)
     assert targets["faenet_sfa_over_schnet_throughput"]["passed"] is True
     assert targets["full_fa_cost_per_frame_over_sfa"]["passed"] is True  # 0.9 <= 1.0
-    lines = bm.target_lines(result)
+    lines = R.target_lines(result)
     assert len(lines) == 2 and all("PASS" in line for line in lines)
     slow = _fake_result()
     slow["measurements"][2]["inference"]["samples_per_s"] = 2.0  # full FA: 9 / 2 / 4 = 1.125 per frame
-    slow["ratios"], slow["symmetry_costs"] = bm.throughput_ratios(slow), bm.symmetry_costs(slow)
-    failed = {t["name"]: t["passed"] for t in bm.speed_targets(slow)}
+    slow["ratios"], slow["symmetry_costs"] = R.throughput_ratios(slow), R.symmetry_costs(slow, N_FRAMES)
+    failed = {t["name"]: t["passed"] for t in R.speed_targets(slow)}
     assert failed["full_fa_cost_per_frame_over_sfa"] is False
 
 
 def test_paper_claims_are_computed_from_the_tables():
-    claims = {c["name"]: c for c in bm.paper_claims()}
+    claims = {c["name"]: c for c in R.paper_claims()}
     assert claims["faenet_vs_dimenet_pp_infer_is2re"]["claim"] == 21
     assert claims["faenet_vs_dimenet_pp_infer_is2re"]["table_ratio"] == pytest.approx(2469 / 115)
     assert claims["forcenet_vs_faenet_train_s2ef"]["table_ratio"] == pytest.approx(1476 / 75)
@@ -216,9 +225,9 @@ def test_measure_on_device_times_a_copy_on_the_cpu_path():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the GPU figures are measured, not stated absent")
 def test_report_states_gpu_columns_not_measured_without_cuda():
-    info = bm.gpu_info(_params())
+    info = B.gpu_info()
     assert info["measured"] is False and "CUDA is not available" in info["reason"]
-    text = "\n".join(bm.gpu_lines({"gpu": info, "measurements": []}))
+    text = "\n".join(R.gpu_lines({"gpu": info, "measurements": []}))
     assert "GPU columns not measured on this machine" in text
 
 
@@ -230,4 +239,34 @@ def test_cuda_inference_timing():
     assert res["inference"]["samples_per_s"] > 0 and res["inference"]["peak_memory_mib"] > 0
     assert res["training"]["seconds_per_sample"] > 0
     assert next(model.parameters()).device.type == "cpu"  # the caller's model stays on the CPU
-    assert bm.gpu_info(_params())["measured"] is True
+    assert B.gpu_info()["measured"] is True
+
+
+def test_committed_results_give_the_committed_headline_and_report():
+    """A default-profile results file as the stage wrote it (fixture copy of results/benchmark.json, keys sorted
+    on disk) gives, through the torch-free reporting code, the headline and report the stage wrote from memory."""
+    result = json.loads((FIXTURES / "results.json").read_text())
+    assert R.headline(result) == json.loads((FIXTURES / "headline.json").read_text())
+    assert R.report_markdown(result) == (FIXTURES / "report.md").read_text()
+
+
+def test_report_rows_do_not_depend_on_dict_order():
+    """In memory the sections are in insertion order, on disk sorted: the report orders its rows itself."""
+    result = json.loads((FIXTURES / "results.json").read_text())
+    shuffled = copy.deepcopy(result)
+    for key in ("ratios", "symmetry_costs", "scaling", "inputs"):
+        shuffled[key] = dict(reversed(list(shuffled[key].items())))
+    shuffled["gemnet"]["models"] = dict(reversed(list(shuffled["gemnet"]["models"].items())))
+    assert R.report_markdown(shuffled) == R.report_markdown(result)
+
+
+def test_timing_batches_and_interleaved_measurement():
+    graphs = oc20_like_slabs(3, size=(2, 2, 2))
+    batches, info = B.timing_batches(graphs, 2)
+    assert [int(b.num_graphs) for b in batches] == [2, 1] and info["n_batches"] == 2 and info["n_graphs"] == 3
+    assert info["atoms_per_graph"] == pytest.approx(sum(int(g.natoms) for g in graphs) / 3)
+    res = B.measure_interleaved({"a": _tiny_model(), "b": _tiny_model()}, batches, warmup=0, repeats=1)
+    assert set(res) == {"a", "b"}
+    assert set(res["a"]) == {"samples_per_s", "samples_per_s_per_repeat", "cpu_utilisation"}
+    with pytest.raises(ValueError, match="no graphs"):
+        B.timing_batches([], 2)

@@ -14,6 +14,7 @@ from torch import nn
 from torch_geometric.data import Data
 
 import pipeline.runs
+from faenet.benchmarking import load_graphs, save_graphs
 from faenet.checkpoint import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
@@ -25,7 +26,6 @@ from faenet.checkpoint import (
     set_rng_state,
 )
 from faenet.training import TrainSettings, train
-from pipeline.benchmark import load_graphs, save_graphs
 from pipeline.symmetry import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from faenet.tasks import TASKS
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.pipeline
@@ -99,7 +101,7 @@ def smoke_repo(tmp_path_factory):
 def test_smoke_repro_writes_every_report(smoke_repo):
     repo, _, _, _ = smoke_repo
     fetch = json.loads((repo / "results" / "fetch.json").read_text())
-    assert fetch["profile"] == "smoke" and set(fetch["content_hashes"]) == {"is2re", "s2ef", "qm7x", "qm9"}
+    assert fetch["profile"] == "smoke" and set(fetch["content_hashes"]) == set(TASKS)
     assert (repo / "reports" / "data_card.md").read_text().strip()
     for n in (1, 2, 3, 4, 5, 6, 8, 9, 11, 12):
         md = (repo / "reports" / "tables" / f"table{n}.md").read_text()

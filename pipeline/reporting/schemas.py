@@ -59,9 +59,20 @@ class _Measurement(_Open):
 _Ratios = dict[str, dict[str, dict[str, Any]]]
 
 
-class Benchmark(_Open):
-    """``results/benchmark.json`` (stage benchmark): measurements and the ratios the speed claims read."""
+class _SpeedTarget(_Open):
+    name: str
+    regime: str = "main"
+    value: float | None = None
+    threshold: float
+    passed: bool | None = None
+    what: str = ""
 
+
+class Benchmark(_Open):
+    """``results/benchmark.json`` (stage benchmark, documented in ``pipeline/benchmark.py``): measurements and
+    the ratios the speed claims and the headline read."""
+
+    profile: str | None = None
     hparam_sets: list[str]
     measurements: list[_Measurement]
     #: protocol (``same_graph_full``, ...) -> hparam set -> ``model/symmetry`` -> measurement id
@@ -69,6 +80,7 @@ class Benchmark(_Open):
     ratios: _Ratios = {}
     s2ef: _Ratios = {}
     symmetry_costs: _Ratios = {}
+    speed_targets: list[_SpeedTarget] = []
 
 
 class _SymmetryRow(_Open):
