@@ -375,18 +375,11 @@ class WrapIConfig(Strict):
     """
 
     cells: list[str] = Field(default_factory=list)
-    frames: list[Literal[FRAME_CONSTRUCTIONS]] = Field(default_factory=lambda: list(FRAME_CONSTRUCTIONS),
-                                                       min_length=1)
+    frames: Annotated[list[Literal[FRAME_CONSTRUCTIONS]], Distinct] = Field(
+        default_factory=lambda: list(FRAME_CONSTRUCTIONS), min_length=1)
     n_transforms: PositiveInt = 2
     max_graphs: PositiveInt = 16
     edge_cutoff: PositiveFloat = 6.0
-
-    @field_validator("frames")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"frames lists a construction twice: {v}")
-        return v
 
 
 class SymmetryEvalConfig(Strict):
@@ -485,7 +478,7 @@ class AblationConfig(Strict):
     val_id split), with the training rewiring applied.
     """
 
-    variants: list[str] = Field(default_factory=list)  # Table 6 row names; empty = all of them
+    variants: Annotated[list[str], Distinct] = Field(default_factory=list)  # Table 6 rows; empty = all of them
     seeds: Seeds = Field(default_factory=lambda: [0])
     symmetry: Literal[SYMMETRY_METHODS] = "sfa"
     epochs: PositiveInt | None = None  # None = train.is2re.epochs
@@ -495,14 +488,6 @@ class AblationConfig(Strict):
     throughput_batches: PositiveInt = 2
     throughput_warmup: NonNegInt = 1
     throughput_repeats: PositiveInt = 5
-
-    @field_validator("variants")
-    @classmethod
-    def _unique_variants(cls, v: list[str]) -> list[str]:
-        dup = sorted({x for x in v if v.count(x) > 1})
-        if dup:
-            raise ValueError(f"variants listed twice: {dup}")
-        return v
 
 
 class BenchmarkConfig(Strict):

@@ -80,6 +80,13 @@ CASES = [
      rf"{TRAIN}\.qm9\.seeds: listed twice"),
     ("duplicate-ablation-seeds", _set(lambda r: smoke(r)["ablation"], seeds=[1, 1]),
      r"profiles\.smoke\.ablation\.seeds: listed twice"),
+    # One validator (pipeline.config.Distinct) for every list whose entries must be unique: the message names
+    # the repeated entry and the fix, whatever the list.
+    ("duplicate-wrap-i-frame", _set(lambda r: smoke(r)["symmetry"]["wrap_i"], frames=["pca", "lattice", "pca"]),
+     r"profiles\.smoke\.symmetry\.wrap_i\.frames: listed twice: \['pca'\]; list each value once"),
+    ("duplicate-ablation-variant", _set(lambda r: smoke(r)["ablation"],
+                                        variants=["Only r_ij", "FAENet (baseline)", "Only r_ij"]),
+     r"profiles\.smoke\.ablation\.variants: listed twice: \['Only r_ij'\]; list each value once"),
     ("unknown-qm9-target", _set(lambda r: smoke(r)["train"]["qm9"], targets=["gap", "hardness"]),
      rf"{TRAIN}\.qm9\.targets\.1: expected one of 'mu', .*'gap'.* \(got 'hardness'\)"),
     ("duplicate-qm9-target", _set(lambda r: smoke(r)["train"]["qm9"], targets=["gap", "gap"]),
