@@ -1,5 +1,7 @@
 """Compare two benchmark results: identical key structure; every non-timing leaf equal."""
-import json, re, sys
+import json
+import sys
+
 TIMING = {"samples_per_s", "samples_per_s_per_repeat", "cpu_utilisation", "peak_memory_mib", "seconds_per_sample",
           "oc20_is2re", "embedded_is2re", "seconds", "load_average", "process_peak_rss_mib", "train_seconds_per_sample",
           "value", "passed", "exponent", "prefactor", "r2", "paper_protocol", "same_graph_full", "same_graph_rewired",
@@ -16,7 +18,7 @@ def walk(x, y, path, timing=False):
             walk(x[k], y[k], path + [k], timing or k in TIMING)
     elif isinstance(x, list):
         assert len(x) == len(y), (path, len(x), len(y))
-        for i, (u, v) in enumerate(zip(x, y)):
+        for i, (u, v) in enumerate(zip(x, y, strict=True)):
             walk(u, v, path + [i], timing)
     elif timing:
         n["timing"] += 1

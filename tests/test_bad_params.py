@@ -71,7 +71,8 @@ CASES = [
     ("override-unregistered-model", _set(lambda r: smoke(r)["train"]["overrides"], nosuchnet={"is2re": {}}),
      rf"{TRAIN}\.overrides\.nosuchnet: unknown model; registered: \["),
     ("override-unknown-task", _set(lambda r: smoke(r)["train"]["overrides"]["schnet"], oc22={"epochs": 2}),
-     rf"{TRAIN}\.overrides\.schnet\.oc22: not an allowed key: expected one of 'is2re', 's2ef', 'qm7x', 'qm9' or 'md17'"),
+     rf"{TRAIN}\.overrides\.schnet\.oc22: not an allowed key: expected one of 'is2re', 's2ef', 'qm7x', 'qm9' "
+     "or 'md17'"),
     ("override-bad-value", _set(lambda r: smoke(r)["train"]["overrides"]["schnet"]["qm7x"], epochs="3"),
      rf"{TRAIN}\.overrides\.schnet\.qm7x\.epochs: {INT}.*'3'"),
     ("duplicate-seeds", _set(lambda r: smoke(r)["train"], seeds=[0, 1, 0]),

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from real_format_fixtures import (
@@ -61,6 +62,7 @@ CELLS = ["faenet-is2re-sfa", "schnet-is2re-none", "faenet-s2ef-sfa", "faenet-qm7
 # benchmark times every model of train_cells, which at the paper's sizes was ~2 of the run's minutes.
 DESIGN = [*CELLS, "forcenet-s2ef-none"]
 N_IS2RE = {"train": 4, **{s: 3 for s in OC20_VAL_SPLITS}}
+RMD17_FRAMES = 100
 QM9_SMILES = ["C", "N", "O", "C#C", "CCO", "CC", "CO", "CN", "C=O", "C=C", "CC#N", "CC=O", "NC=O", "OC=O"]
 
 
@@ -72,7 +74,9 @@ def overrides(raw: Path) -> dict[str, Any]:
         "data": {"catalysis": {"oc20_dir": str(raw / "oc20")},
                  "qm7x": {"raw_dir": str(raw / "qm7x")},
                  # The fork's 110k / 10k split sizes, scaled to the 13 fixture molecules.
-                 "qm9": {"raw_dir": str(raw / "qm9"), "n_train": 8, "n_val": 3}},
+                 "qm9": {"raw_dir": str(raw / "qm9"), "n_train": 8, "n_val": 3},
+                 # rMD17 at the paper's 1 % val / 98 % test: 100 frames give 1 / 98, and 1 to train.
+                 "md17": {"raw_dir": str(raw / "rmd17"), "n_frames": RMD17_FRAMES}},
         "train": {"seeds": [0], "only": CELLS, "is2re": one_epoch, "s2ef": one_epoch, "qm7x": one_epoch,
                   # One of the twelve properties: each is a separate run per seed.
                   "qm9": {"epochs": 1, "targets": ["gap"]}},
@@ -98,7 +102,7 @@ def overrides(raw: Path) -> dict[str, Any]:
 
 
 # Leaf keys the overrides may touch (asserted): paths, which files / cells / models, and counts.
-ALLOWED = {"description", "oc20_dir", "raw_dir", "n_train", "n_val", "seeds", "only", "epochs", "targets",
+ALLOWED = {"description", "oc20_dir", "raw_dir", "n_train", "n_val", "n_frames", "seeds", "only", "epochs", "targets",
            "n_transforms", "max_graphs", "batch_size", "models", "n_seeds", "kchain_layers", "folds",
            "body_pairs", "strict_transforms", "paper_draws", "workers", "variants", "max_train_graphs",
            "throughput_batch_size", "throughput_batches", "throughput_warmup", "throughput_repeats", "cells",
@@ -150,7 +154,20 @@ def write_raw_fixtures(raw: Path) -> dict[str, Any]:
     (raw / "qm7x" / "DupMols.dat").write_text("Geom-m2-i1-c2-opt\n")
     # QM9: PyG's raw files (gdb_2 listed as uncharacterized: 13 molecules).
     write_qm9_raw(raw / "qm9", QM9_SMILES)
+    # rMD17: npz_data/rmd17_ethanol.npz's keys and units (kcal/mol, kcal/mol/Å), a perturbed ethanol geometry.
+    write_rmd17_npz(raw / "rmd17" / "rmd17_ethanol.npz", RMD17_FRAMES + 20)
     return {"is2re": N_IS2RE, "qm7x_molecules": len(ids), "qm9_molecules": len(QM9_SMILES) - 1}
+
+
+def write_rmd17_npz(path: Path, n_frames: int) -> None:
+    rng = np.random.default_rng(0)
+    z = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
+    ethanol = np.array([[-0.75, 0.0, 0.0], [0.75, 0.0, 0.0], [1.2, 1.3, 0.0], [-1.1, 1.0, 0.3], [-1.1, -0.5, 0.9],
+                        [-1.1, -0.5, -0.9], [1.1, -0.5, 0.9], [1.1, -0.5, -0.9], [2.1, 1.3, 0.0]])
+    coords = ethanol[None] + rng.normal(0, 0.05, (n_frames, 9, 3))
+    path.parent.mkdir(parents=True)
+    np.savez(path, nuclear_charges=z, coords=coords, energies=-97000.0 + rng.normal(0, 1, n_frames),
+             forces=rng.normal(0, 20, (n_frames, 9, 3)))
 
 
 def fixture_params(params_text: str, raw: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], Any]]:
@@ -223,6 +240,7 @@ def test_fetch_converted_every_real_format(real_repo):
     qm7x = fetch["sizes"]["qm7x"]
     assert qm7x["train"] + qm7x["val_id"] > 0 and qm7x["val_ood"] == 25 * 3 and qm7x["test"] == 2 * 3
     assert fetch["sizes"]["qm9"] == {"train": 8, "val": 3, "test": 2}
+    assert fetch["sizes"]["md17"] == {"train": 1, "val": 1, "test": 98}
     card = (repo / "reports" / "data_card.md").read_text()
     assert "is2re" in card and "qm9" in card.lower()
 
