@@ -148,7 +148,7 @@ def test_every_claim_reports_the_paper_value_even_without_measurements():
 
 
 def _ablation(mae: dict[str, float], tp: dict[str, float]) -> dict:
-    """metrics/ablation.json in the stage's schema (pipeline/ablation.py summarize)."""
+    """results/ablation.json in the stage's schema (pipeline/reporting/ablation.py summarize)."""
     return {"variants": {v: {"mae_mev": {"average": {"mean": m, "std": 1.0, "per_seed": [m - 1, m, m + 1]}},
                              "throughput": {"samples_per_s": tp[v]}} for v, m in mae.items()}}
 

@@ -98,14 +98,22 @@ class Symmetry(_Open):
 
 
 class _AblationVariant(_Open):
-    mae_mev: dict[str, Stat]
+    mae_mev: dict[str, Stat]  # val split | "average" -> energy MAE (meV) over seeds
     throughput: _Inference
 
 
 class Ablation(_Open):
-    """``results/ablation.json`` (stage ablation): Table 6 variants by name."""
+    """``results/ablation.json`` (stage ablation; its keys: ``pipeline/reporting/ablation.py``): Table 6
+    variants by name, the rows run in Table 6 order, the baseline row and the rankings."""
 
     variants: dict[str, _AblationVariant]
+    profile: str | None = None
+    order: list[str] = []
+    baseline: str | None = None
+    #: ours | paper -> mae | throughput -> rows, best first
+    rankings: dict[str, dict[str, list[str]]] = {}
+    best_mae: dict[str, str | None] = {}
+    fastest: dict[str, str | None] = {}
 
 
 class _ExpressivityEntry(_Open):
