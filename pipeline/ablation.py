@@ -23,14 +23,18 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ROOT, ConfigError, Params, params_hash, stage_main
 from pipeline.reporting import ablation as R
 from pipeline.reporting.ablation import BASELINE, VAL_SPLITS, headline  # noqa: F401  (the stage's public names)
 from pipeline.tables import TABLES
 from pipeline.tracking import log_finished_run, machine_info, package_versions, write_json
+
+if TYPE_CHECKING:
+    from pipeline.resolve import ResolvedCell
 
 DATA = ROOT / "data" / "is2re"
 RESULTS_PATH = ROOT / "results" / "ablation.json"
@@ -63,7 +67,7 @@ def selected_variants(params: Params) -> list[str]:
     return [v for v in TABLE6_ABLATIONS if not asked or v in asked]
 
 
-def resolve_variant(params: Params, row: str | None = None):
+def resolve_variant(params: Params, row: str | None = None) -> ResolvedCell:
     """The ablation's cell (``pipeline.resolve.ResolvedCell``): FAENet on IS2RE with ``ablation.symmetry``, the
     paper's IS2RE architecture (params.yaml ``profiles.paper.hparams.faenet.is2re``, Table 7: mp_type "base",
     complex MP, weighted energy head, concatenated jumping connections, two-layer MLPs, r_ij + RBF edge
@@ -155,7 +159,8 @@ def run_ablation(params: Params, data_dir: Path = DATA, results_path: Path = RES
     return result
 
 
-def throughput_batches(params: Params, split_paths: dict[str, Path], rewire) -> tuple[list, dict[str, Any]]:
+def throughput_batches(params: Params, split_paths: dict[str, Path], rewire: Callable[[Any], Any] | None
+                       ) -> tuple[list, dict[str, Any]]:
     """The fixed batches every variant is timed on (``faenet.benchmarking.timing_batches``), and their
     description."""
     from faenet.benchmarking import timing_batches
