@@ -168,7 +168,7 @@ def test_the_checker_reports_a_removed_dependency(dvc):
 
 
 def test_the_closure_follows_function_level_and_dynamic_imports():
-    # pipeline.symmetry imports faenet.symmetry_eval inside a function; the registry imports every baseline
+    # pipeline.symmetry_jobs imports faenet.symmetry_runs inside a function; the registry imports every baseline
     # module (pkgutil) and FAENet lazily; faenet.embedding reads the packaged element table.
     need = required_files("pipeline.train")
     assert {"pipeline/tables.py", "pipeline/paper.yaml", "baselines/forcenet.py", "faenet/model.py",

@@ -28,7 +28,9 @@ from faenet.symmetry import SymmetryWrapper
 from faenet.symmetry_eval import DenormalizedPredictor, select_graphs
 from faenet.training import Normalizer
 from pipeline.config import PARAMS_PATH, ConfigError, parse_params
-from pipeline.symmetry import SCHEMA, CheckpointError, StageInputError, StagePaths, run_stage
+from pipeline.reporting.symmetry import SCHEMA
+from pipeline.symmetry import StagePaths, run_stage
+from pipeline.symmetry_inputs import CheckpointError, StageInputError
 from pipeline.symmetry_tables import SPLITS, fmt_stat, ordered_rows
 
 SEEDS = [0, 1]
@@ -215,9 +217,9 @@ def test_same_inputs_give_same_numbers_in_any_job_order(stage, tmp_path, monkeyp
     # Every job seeds its own draws, so the numbers cannot depend on which jobs ran before it (in one
     # process or spread over `symmetry.workers` processes, checked by hand: identical with 1 and 2 workers).
     root, paths, result, _ = stage
-    import pipeline.symmetry as stage_module
+    import pipeline.symmetry_jobs as jobs_module
 
-    monkeypatch.setattr(stage_module, "_expected_cost", lambda job, jobs: float(jobs.index(job)))  # reversed
+    monkeypatch.setattr(jobs_module, "expected_cost", lambda job, jobs: float(jobs.index(job)))  # reversed
     again = run_stage(_params(), StagePaths(paths.data, paths.models, paths.train_results, tmp_path / "t",
                                             tmp_path / "s.json", tmp_path / "h.json"), None, progress=False)
 
