@@ -28,6 +28,7 @@ from faenet.symmetry import SymmetryWrapper
 from faenet.symmetry_eval import DenormalizedPredictor, select_graphs
 from faenet.training import Normalizer
 from pipeline.config import PARAMS_PATH, ConfigError, parse_params
+from pipeline.reporting.schemas import Symmetry
 from pipeline.reporting.symmetry import SCHEMA
 from pipeline.symmetry import StagePaths, run_stage
 from pipeline.symmetry_inputs import CheckpointError, StageInputError
@@ -137,6 +138,9 @@ def test_json_schema_and_run_ids(stage):
         for cell, h in head[task].items():
             assert set(h) == names and h["rot_i_meV"] == result[task][cell]["all"]["rot_i"]["mean"], cell
     assert result["schema"] == SCHEMA and result["profile"] == "smoke"
+    # The schema documents every key of the file and of its rows (nothing left in the models' extras).
+    doc = Symmetry.model_validate(on_disk)
+    assert not doc.model_extra and not any(r.model_extra for t in (doc.is2re, doc.s2ef) for r in t.values())
     assert result["config"]["n_transforms"] == 2 and result["config"]["seeds"] == SEEDS
     assert result["config"]["split_size"] == {"is2re": N_VAL, "s2ef": N_VAL}
     assert set(result["is2re"]) == {"faenet-is2re-full", "faenet-is2re-none", "faenet-is2re-notrain"}

@@ -2,47 +2,8 @@
 its headline (``metrics/symmetry.json``) and the stage's summary lines. Tables 11-12 and the Wrap-I table from the
 same document: ``pipeline.symmetry_tables``.
 
-Schema of ``results/symmetry.json`` (``SCHEMA``)::
-
-    {"schema": "faenet-repro/symmetry/v1",
-     "profile": str,
-     "params_hash": str,
-     "config": {<profiles.<p>.symmetry>, "split": {task: "val_id"}, "split_size": {task: int},
-                "frame_dim": {task: 2|3}, "seeds": [int],
-                "excluded_cells": [str]},         # trained cells matching symmetry.exclude (not evaluated)
-     "units": {"rot_i": "meV", "refl_i": "meV", "pct_diff": "%", "f_rot_e": "meV/Å", "f_refl_e": "meV/Å",
-               "pos": "Å", "pos_refl": "Å", "pos_frac": "fraction", "mae_meV": "meV",
-               "force_mae_meV_per_A": "meV/Å"},
-     "<task>": {                                  # is2re, s2ef (, qm7x): one entry per evaluated row
-        "<cell>": {                               # "<model>-<task>-<symmetry>", or "faenet-<task>-notrain"
-           "row": str,                            # paper row key, "<model>-<symmetry>" / "faenet-notrain"
-           "label": str,                          # the paper's row name ("Full FA", "No-FA", ...)
-           "model": str, "symmetry": str,         # symmetry method of the wrapper ("none" for No-Train)
-           "trained": bool, "frame_dim": int, "rewiring": str,
-           "seeds": [int], "n_graphs": int, "n_degenerate": int,
-           "all" | "degenerate" | "non_degenerate": {   # graphs split by PCA-frame degeneracy
-              "n_graphs": int,
-              "<metric>": {"mean": float|null, "std": float|null, "per_seed": [float|null]},
-              ...},                               # metrics: pos, pos_refl, pos_frac, rot_i, refl_i,
-                                                  # pct_diff, mae_meV; force tasks add f_rot_e, f_refl_e,
-                                                  # force_mae_meV_per_A
-           "mae_meV": {"mean", "std", "per_seed"},        # = all.mae_meV: energy MAE of the reference
-                                                  # predictions E(x) on the evaluated graphs
-           "wrap_i": {<frames>: {"wrap_i_offsets" | "wrap_i_translate" | "mae_meV": {"mean", "std",
-                      "per_seed"}, "n_graphs": int, "n_degenerate": int, ...}},  # trained FA cells matching
-                                                  # symmetry.wrap_i.cells only
-           "mae_meV_train_val_id": {"mean", "std", "per_seed"} | null,  # train stage, whole val_id
-           "mlflow_run_ids": [str],               # this stage's runs, one per seed (seed order)
-           "train_mlflow_run_ids": [str],         # the train stage's runs ([] for No-Train)
-           "checkpoints": [str]}},                # relative paths ([] for No-Train)
-     }
-
-Definitions (``faenet/symmetry_metrics.py``): Rot-I / Refl-I = mean |E(x) - E(g x)| over (graph,
-transform) pairs; %-diff = 100 mean |E(x) - E(R x)| / |y|; F-Rot-E / F-Refl-E = mean over atoms of the L2
-norm of F(x) Q - F(g x); ``pos_frac`` = fraction of (graph, rotation) pairs whose backbone input changed
-(the paper's binary Pos, measured); ``pos`` = mean per-atom distance (Å) between the backbone inputs for x
-and R x, each centred (frame sets compared for full FA); ``pos_refl`` the same for reflections. Std: sample std
-over seeds (0 for one seed). ``null``: not computable (e.g. no degenerate graph).
+The document's keys, types and metric definitions: ``pipeline.reporting.schemas.Symmetry`` (``SCHEMA`` names
+its version). A row per (task, evaluated cell): ``cell_entry`` of its seeds' runs; the headline: ``headline``.
 """
 
 from __future__ import annotations
