@@ -28,7 +28,7 @@ metrics ``<split>_<metric>``; the per-graph values as the artifact ``symmetry_pe
 Wiring only. The stage's inputs (train results, checkpoints, task data) and their errors:
 ``pipeline.symmetry_inputs``; the jobs, one job's evaluation and the worker pool: ``pipeline.symmetry_jobs``
 (on ``faenet.symmetry_runs`` and ``faenet.symmetry_eval``); the results document, its schema and headline:
-``pipeline.reporting.symmetry``; Tables 11-12 and Wrap-I: ``pipeline.symmetry_tables``.
+``pipeline.reporting.symmetry``; Tables 11-12 and Wrap-I: ``pipeline.reporting.symmetry_tables``.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from typing import Any
 from pipeline.config import EVAL_SPLITS, FRAME_DIM, ROOT, Params, params_hash, stage_main
 from pipeline.reporting import symmetry as R
 from pipeline.reporting.symmetry import SCHEMA, headline  # every stage's headline is pipeline.<stage>.headline
+from pipeline.reporting.symmetry_tables import write_tables, write_wrap_table
 from pipeline.symmetry_inputs import CheckpointError, StageInputError, excluded, trained_cells
 from pipeline.symmetry_jobs import plan_jobs, run_jobs
-from pipeline.symmetry_tables import write_tables, write_wrap_table
 from pipeline.tracking import write_json
 
 __all__ = ["SCHEMA", "CheckpointError", "StageInputError", "StagePaths", "evaluate_all", "headline", "run_stage"]

@@ -30,9 +30,9 @@ from faenet.training import Normalizer
 from pipeline.config import PARAMS_PATH, ConfigError, parse_params
 from pipeline.reporting.schemas import Symmetry
 from pipeline.reporting.symmetry import SCHEMA
+from pipeline.reporting.symmetry_tables import SPLITS, fmt_stat, ordered_rows
 from pipeline.symmetry import StagePaths, run_stage
 from pipeline.symmetry_inputs import CheckpointError, StageInputError
-from pipeline.symmetry_tables import SPLITS, fmt_stat, ordered_rows
 
 SEEDS = [0, 1]
 N_VAL = 6

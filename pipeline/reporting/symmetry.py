@@ -1,6 +1,6 @@
 """The symmetry stage's results as a document (torch-free): per-seed evaluations -> ``results/symmetry.json``,
 its headline (``metrics/symmetry.json``) and the stage's summary lines. Tables 11-12 and the Wrap-I table from the
-same document: ``pipeline.symmetry_tables``.
+same document: ``pipeline.reporting.symmetry_tables``.
 
 The document's keys, types and metric definitions: ``pipeline.reporting.schemas.Symmetry`` (``SCHEMA`` names
 its version). A row per (task, evaluated cell): ``cell_entry`` of its seeds' runs; the headline: ``headline``.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.symmetry_tables import SPLITS, fmt_stat, ordered_rows, row_label
+from pipeline.reporting.symmetry_tables import SPLITS, fmt_stat, ordered_rows, row_label
 from pipeline.tables import mean_std
 
 SCHEMA = "faenet-repro/symmetry/v1"
