@@ -26,7 +26,7 @@ from faenet.checkpoint import (
     set_rng_state,
 )
 from faenet.training import TrainSettings, train
-from pipeline.symmetry import CheckpointError
+from pipeline.symmetry_inputs import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,7 +141,7 @@ def test_payload_in_final_state_is_refused(tmp_path, monkeypatch):
 
 
 def test_payload_in_symmetry_stage_model_checkpoint_is_refused(tmp_path):
-    from pipeline.symmetry import load_checkpoint as load_cell_checkpoint
+    from pipeline.symmetry_inputs import load_cell_checkpoint
 
     path, marker = tmp_path / "models" / "faenet-is2re-full" / "seed0.pt", tmp_path / "ran"
     _plant(path, marker, "torch")

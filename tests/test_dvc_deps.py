@@ -158,9 +158,9 @@ def test_every_stage_depends_on_the_code_it_imports(dvc):
 def test_the_checker_reports_a_removed_dependency(dvc):
     broken = copy.deepcopy(dvc)
     deps = stage_bodies(broken)["symmetry"]["deps"]
-    deps.remove("pipeline/symmetry_tables.py")
+    deps.remove("pipeline/reporting/symmetry_tables.py")
     deps.remove("pipeline/paper.yaml")
-    assert uncovered(broken) == {"symmetry": ["pipeline/paper.yaml", "pipeline/symmetry_tables.py"]}
+    assert uncovered(broken) == {"symmetry": ["pipeline/paper.yaml", "pipeline/reporting/symmetry_tables.py"]}
     # A foreach stage is checked through its template, and a folder dep covers the files under it.
     train = stage_bodies(broken)["train"]["deps"]
     train.remove("baselines")
@@ -168,7 +168,7 @@ def test_the_checker_reports_a_removed_dependency(dvc):
 
 
 def test_the_closure_follows_function_level_and_dynamic_imports():
-    # pipeline.symmetry imports faenet.symmetry_eval inside a function; the registry imports every baseline
+    # pipeline.symmetry_jobs imports faenet.symmetry_runs inside a function; the registry imports every baseline
     # module (pkgutil) and FAENet lazily; faenet.embedding reads the packaged element table.
     need = required_files("pipeline.train")
     assert {"pipeline/tables.py", "pipeline/paper.yaml", "baselines/forcenet.py", "faenet/model.py",

@@ -95,13 +95,13 @@ PARENT = textwrap.dedent('''
             import pipeline.runs as m
             m._fit_job = slow
             m.run_all([SimpleNamespace(spec=StubSpec()) for _ in range(n)], workers=n, threads=n)
-        elif kind == "symmetry":  # run_pool (spawn, completion order), pipeline.symmetry._run_all
-            import pipeline.symmetry as m
+        elif kind == "symmetry":  # run_pool (spawn, completion order), pipeline.symmetry_jobs.run_jobs
+            import pipeline.symmetry_jobs as m
             m.run_job = slow
-            m._expected_cost = lambda job, jobs: 0.0
+            m.expected_cost = lambda job, jobs: 0.0
             params = SimpleNamespace(active=SimpleNamespace(symmetry=SimpleNamespace(workers=n)))
             jobs = [SimpleNamespace(cell="c", seed=i) for i in range(n)]
-            list(m._run_all(jobs, params, None, False))
+            list(m.run_jobs(jobs, params, None, False))
         elif kind == "expressivity":  # run_pool (fork), faenet.expressivity_runs.run_experiments
             import faenet.expressivity_runs as m
             m._job = slow

@@ -28,8 +28,11 @@ from faenet.symmetry import SymmetryWrapper
 from faenet.symmetry_eval import DenormalizedPredictor, select_graphs
 from faenet.training import Normalizer
 from pipeline.config import PARAMS_PATH, ConfigError, parse_params
-from pipeline.symmetry import SCHEMA, CheckpointError, StageInputError, StagePaths, run_stage
-from pipeline.symmetry_tables import SPLITS, fmt_stat, ordered_rows
+from pipeline.reporting.schemas import Symmetry
+from pipeline.reporting.symmetry import SCHEMA
+from pipeline.reporting.symmetry_tables import SPLITS, fmt_stat, ordered_rows
+from pipeline.symmetry import StagePaths, run_stage
+from pipeline.symmetry_inputs import CheckpointError, StageInputError
 
 SEEDS = [0, 1]
 N_VAL = 6
@@ -135,6 +138,9 @@ def test_json_schema_and_run_ids(stage):
         for cell, h in head[task].items():
             assert set(h) == names and h["rot_i_meV"] == result[task][cell]["all"]["rot_i"]["mean"], cell
     assert result["schema"] == SCHEMA and result["profile"] == "smoke"
+    # The schema documents every key of the file and of its rows (nothing left in the models' extras).
+    doc = Symmetry.model_validate(on_disk)
+    assert not doc.model_extra and not any(r.model_extra for t in (doc.is2re, doc.s2ef) for r in t.values())
     assert result["config"]["n_transforms"] == 2 and result["config"]["seeds"] == SEEDS
     assert result["config"]["split_size"] == {"is2re": N_VAL, "s2ef": N_VAL}
     assert set(result["is2re"]) == {"faenet-is2re-full", "faenet-is2re-none", "faenet-is2re-notrain"}
@@ -215,9 +221,9 @@ def test_same_inputs_give_same_numbers_in_any_job_order(stage, tmp_path, monkeyp
     # Every job seeds its own draws, so the numbers cannot depend on which jobs ran before it (in one
     # process or spread over `symmetry.workers` processes, checked by hand: identical with 1 and 2 workers).
     root, paths, result, _ = stage
-    import pipeline.symmetry as stage_module
+    import pipeline.symmetry_jobs as jobs_module
 
-    monkeypatch.setattr(stage_module, "_expected_cost", lambda job, jobs: float(jobs.index(job)))  # reversed
+    monkeypatch.setattr(jobs_module, "expected_cost", lambda job, jobs: float(jobs.index(job)))  # reversed
     again = run_stage(_params(), StagePaths(paths.data, paths.models, paths.train_results, tmp_path / "t",
                                             tmp_path / "s.json", tmp_path / "h.json"), None, progress=False)
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class _Open(BaseModel):
@@ -83,18 +83,71 @@ class Benchmark(_Open):
     speed_targets: list[_SpeedTarget] = []
 
 
-class _SymmetryRow(_Open):
-    """One row of Table 11/12: metric stats per graph subset."""
+#: A graph subset's metrics: ``n_graphs`` (int), then metric -> stats over seeds (module ``Symmetry``).
+_SymmetrySplit = dict[str, Stat | float | None]
 
-    all: dict[str, Stat | float | None]
-    non_degenerate: dict[str, Stat | float | None] = {}
+
+class _SymmetryRow(_Open):
+    """One evaluated row of Table 11/12 (a trained cell, or No-Train): metric stats per graph subset."""
+
+    row: str = ""  # paper row key, "<model>-<symmetry>" / "faenet-notrain"
+    label: str = ""  # the paper's row name ("Full FA", "No-FA", ...)
+    model: str = ""
+    symmetry: str = ""  # symmetry method of the wrapper ("none" for No-Train)
+    trained: bool = True
+    frame_dim: int | None = None  # 2 (slabs) or 3
+    rewiring: str = "none"
+    seeds: list[int] = []
+    n_graphs: int | None = None
+    n_degenerate: int | None = None
+    all: _SymmetrySplit  # every evaluated graph
+    degenerate: _SymmetrySplit = {}  # graphs whose PCA frames are degenerate
+    non_degenerate: _SymmetrySplit = {}
+    mae_meV: Stat | None = None  # = all.mae_meV: energy MAE of the reference predictions E(x)
+    #: trained FA cells matching ``symmetry.wrap_i.cells`` only: frame construction (pca, lattice, edges) ->
+    #: ``wrap_i_offsets`` / ``wrap_i_translate`` / ``mae_meV`` (stats over seeds), ``n_graphs``, ``n_degenerate``
+    wrap_i: dict[str, dict[str, Stat | float | None]] = {}
+    mae_meV_train_val_id: Stat | None = None  # the train stage's energy MAE on the whole val_id (meV)
+    mlflow_run_ids: list[str | None] = []  # this stage's runs, one per seed (seed order; None: not logged)
+    train_mlflow_run_ids: list[str] = []  # the train stage's runs ([] for No-Train)
+    checkpoints: list[str] = []  # relative paths ([] for No-Train)
+
+
+class _SymmetryConfig(_Open):
+    """``profiles.<p>.symmetry`` as validated, plus what the stage derived from the data and the profile."""
+
+    datasets: list[str] = []
+    split: dict[str, str] = {}  # task -> evaluated split ("val_id")
+    split_size: dict[str, int | None] = {}  # task -> graphs in that split
+    frame_dim: dict[str, int] = {}
+    seeds: list[int] = []  # the training seeds
+    excluded_cells: list[str] = []  # trained cells matching symmetry.exclude (not evaluated)
 
 
 class Symmetry(_Open):
-    """``results/symmetry.json`` (stage symmetry): task -> row (cell name or ``faenet-<task>-notrain``)."""
+    """``results/symmetry.json`` (stage symmetry, ``pipeline.reporting.symmetry`` builds it): task (is2re, s2ef,
+    qm7x) -> row (cell name ``<model>-<task>-<symmetry>``, or ``faenet-<task>-notrain``). The report reads the
+    rows' ``all`` and ``non_degenerate``; every other key is optional here and type-checked when present.
 
+    Metrics of a graph subset (``all`` | ``degenerate`` | ``non_degenerate``), each ``{"mean", "std",
+    "per_seed"}``: ``pos``, ``pos_refl``, ``pos_frac``, ``rot_i``, ``refl_i``, ``pct_diff``, ``mae_meV``; force
+    tasks add ``f_rot_e``, ``f_refl_e``, ``force_mae_meV_per_A`` (units in ``units``). Definitions
+    (``faenet/symmetry_metrics.py``): Rot-I / Refl-I = mean |E(x) - E(g x)| over (graph, transform) pairs;
+    %-diff = 100 mean |E(x) - E(R x)| / |y|; F-Rot-E / F-Refl-E = mean over atoms of the L2 norm of F(x) Q -
+    F(g x); ``pos_frac`` = fraction of (graph, rotation) pairs whose backbone input changed (the paper's binary
+    Pos, measured); ``pos`` = mean per-atom distance (Å) between the backbone inputs for x and R x, each
+    centred (frame sets compared for full FA); ``pos_refl`` the same for reflections. Std: sample std over
+    seeds (0 for one seed). ``null``: not computable (e.g. no degenerate graph).
+    """
+
+    schema_: str = Field("faenet-repro/symmetry/v1", alias="schema")  # ``pipeline.reporting.symmetry.SCHEMA``
+    profile: str | None = None
+    params_hash: str | None = None
+    config: _SymmetryConfig = _SymmetryConfig()
+    units: dict[str, str] = {}  # metric -> unit (meV, meV/Å, %, Å, fraction)
     is2re: dict[str, _SymmetryRow] = {}
     s2ef: dict[str, _SymmetryRow] = {}
+    qm7x: dict[str, _SymmetryRow] = {}
 
 
 class _AblationVariant(_Open):
