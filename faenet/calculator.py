@@ -90,16 +90,6 @@ _FA_METHODS = ("sfa", "full", "se3-sfa", "se3-full")
 _DIRECT_HEADS = ("direct", "direct_with_gradient_target")
 
 
-def _normalizer(norm: Normalizer | Mapping[str, Any] | None) -> Normalizer:
-    if norm is None:
-        return Normalizer()
-    if isinstance(norm, Normalizer):
-        return norm
-    shift = norm.get("element_shift")
-    return Normalizer(mean=float(norm.get("mean", 0.0)), std=float(norm.get("std", 1.0)),
-                      element_shift=tuple(float(v) for v in shift) if shift is not None else None)
-
-
 @contextlib.contextmanager
 def _energy_only(model: nn.Module) -> Iterator[None]:
     """The model's own ``-dE/dpos`` off for one pass (``regress_forces = ""``): it would free the autograd
@@ -204,7 +194,7 @@ class ModelCalculator(Calculator):
         self.seed = int(seed)
         self.adsorbate_indices = None if adsorbate_indices is None else list(adsorbate_indices)
         self.dtype = dtype
-        self.normalizer = _normalizer(normalizer)
+        self.normalizer = Normalizer.from_state(normalizer)
         self.model = copy.deepcopy(model).to(dtype).eval()
         self.generator = torch.Generator().manual_seed(self.seed)
         self.wrapper = SymmetryWrapper(self.model, self._method(), frame_dim=self.frame_dim,

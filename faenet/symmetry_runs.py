@@ -7,7 +7,6 @@ concern (it is given file paths, never finds them), so a notebook can rerun one 
 - ``TaskGraphs(split_path, task, max_graphs, seed)``: the evaluated graphs of one split (a seeded subset when
   the split is larger), raw and per rewiring, read lazily (the real OC20 splits do not fit in memory);
 - ``fit_normalizer``: the target mean/std (and element shift) of a training split, fitted as training does;
-  ``normalizer_from_state``: the normaliser a checkpoint stores;
 - ``derived_seed``: stable per-(cell, seed) seeds, so that a run's draws do not depend on the process or the
   order it runs in;
 - ``eval_predictor``: a model in eval mode inside its symmetry wrapper, outputs de-normalised;
@@ -17,27 +16,17 @@ concern (it is given file paths, never finds them), so a notebook can rerun one 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TaskGraphs", "WrapISettings", "derived_seed", "eval_predictor", "evaluate_run", "fit_normalizer",
-           "normalizer_from_state"]
+__all__ = ["TaskGraphs", "WrapISettings", "derived_seed", "eval_predictor", "evaluate_run", "fit_normalizer"]
 
 
 def derived_seed(*parts: Any) -> int:
     """A stable 63-bit seed from strings/ints (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
-
-
-def normalizer_from_state(saved: Mapping[str, Any]):
-    """The ``faenet.training.Normalizer`` a checkpoint stores as ``vars(normalizer)``."""
-    from faenet.training import Normalizer
-
-    shift = saved.get("element_shift")
-    return Normalizer(mean=float(saved["mean"]), std=float(saved["std"]),
-                      element_shift=tuple(shift) if shift is not None else None)
 
 
 def fit_normalizer(train_path: Path, task: str, rewiring: str, normalize: bool, element_shift: bool):

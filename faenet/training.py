@@ -102,6 +102,17 @@ class Normalizer:
     element_shift: tuple[float, ...] | None = None
 
     @classmethod
+    def from_state(cls, saved: Normalizer | Mapping[str, Any] | None) -> Normalizer:
+        """The normaliser a checkpoint stores as ``vars(normalizer)`` (None: identity; a Normalizer: itself)."""
+        if saved is None:
+            return cls()
+        if isinstance(saved, Normalizer):
+            return saved
+        shift = saved.get("element_shift")
+        return cls(mean=float(saved.get("mean", 0.0)), std=float(saved.get("std", 1.0)),
+                   element_shift=tuple(float(v) for v in shift) if shift is not None else None)
+
+    @classmethod
     def fit(cls, records: Sequence[Any], enabled: bool = True, element_shift: bool = False) -> Normalizer:
         """Fit on training records (``.y`` and, for ``element_shift``, ``.atomic_numbers``)."""
         y = torch.tensor([float(r.y) for r in records], dtype=torch.float64)
@@ -338,13 +349,16 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalize
     return res
 
 
-def mae_metrics(pred: Mapping[str, Tensor]) -> dict[str, float]:
+def mae_metrics(pred: Mapping[str, Tensor], zero_reference: bool = False) -> dict[str, float]:
     """Energy MAE, EwT and, when present, force MAE over free atoms (``faenet.metrics``) of ``predict``'s
-    output."""
+    output. ``zero_reference``: also ``zero_force_mae``, the force MAE of predicting F = 0 on the same atoms
+    (mean |F| component), the floor a force head must beat to have learned anything."""
     out = {"energy_mae": energy_mae(pred["energy"], pred["y"]),
            "energy_ewt": energy_within_threshold(pred["energy"], pred["y"])}
     if "forces" in pred:
         out["force_mae"] = force_mae(pred["forces"], pred["force"], pred["free"])
+        if zero_reference:
+            out["zero_force_mae"] = force_mae(torch.zeros_like(pred["force"]), pred["force"], pred["free"])
     return out
 
 
@@ -355,38 +369,41 @@ def _error_sums(pred: Mapping[str, Tensor]) -> list[float]:
     if "forces" in pred:
         m = pred["free"]
         ferr = (pred["forces"][m].double() - pred["force"][m].double()).abs()
-        out += [float(ferr.sum()), float(ferr.numel())]
+        out += [float(ferr.sum()), float(ferr.numel()), float(pred["force"][m].double().abs().sum())]
     return out
 
 
 def sharded_metrics(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalizer, needs_forces: bool,
-                    dist: ddp.Dist, device: torch.device, seed: int = 12345, num_workers: int = 0
-                    ) -> dict[str, float]:
+                    dist: ddp.Dist, device: torch.device, seed: int = 12345, num_workers: int = 0,
+                    zero_reference: bool = False) -> dict[str, float]:
     """``mae_metrics`` under DDP: rank r predicts samples ``r::W`` (each once, no padding) and the error sums
     are reduced over ranks in float64. Every rank gets the metrics."""
     local = torch.utils.data.Subset(dataset, ddp.shard(len(dataset), dist))
     sums = _error_sums(predict(model, local, batch_size, norm, needs_forces, seed, device, num_workers)) if len(
         local) else (
-        [0.0] * (5 if needs_forces else 3))
+        [0.0] * (6 if needs_forces else 3))
     total = ddp.reduce_sums(sums, dist, device)
     out = {"energy_mae": total[0] / total[2], "energy_ewt": total[1] / total[2]}
     if needs_forces:
         out["force_mae"] = total[3] / max(total[4], 1.0)
+        if zero_reference:
+            out["zero_force_mae"] = total[5] / max(total[4], 1.0)
     return out
 
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, norm: Normalizer, needs_forces: bool,
              seed: int = 12345, split: str = "eval", device: torch.device | None = None,
-             dist: ddp.Dist | None = None, num_workers: int = 0) -> dict[str, float]:
+             dist: ddp.Dist | None = None, num_workers: int = 0, zero_reference: bool = False) -> dict[str, float]:
     """``mae_metrics`` of ``model`` on ``dataset`` (named ``split`` in errors); an empty split or one with
     atomic numbers the model does not embed is refused first (``faenet.data.dataset.check_split``). Under DDP
     (``dist`` with several ranks), sharded and reduced (``sharded_metrics``): call it on every rank.
-    ``num_workers``: DataLoader workers reading the split (``predict``)."""
+    ``num_workers``: DataLoader workers reading the split (``predict``). ``zero_reference``: ``mae_metrics``'."""
     check_split(model, dataset, split)
     if dist is not None and dist.enabled:
         return sharded_metrics(model, dataset, batch_size, norm, needs_forces, dist, device or torch.device("cpu"),
-                               seed, num_workers)
-    return mae_metrics(predict(model, dataset, batch_size, norm, needs_forces, seed, device, num_workers))
+                               seed, num_workers, zero_reference)
+    return mae_metrics(predict(model, dataset, batch_size, norm, needs_forces, seed, device, num_workers),
+                       zero_reference)
 
 
 @dataclass

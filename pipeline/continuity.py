@@ -55,8 +55,8 @@ def run_cell(params: Params, cell: str, data_dir: Path = DATA, models: Path = MO
     from faenet.continuity import continuity_sweep, symmetry_predictors
     from faenet.data.dataset import GraphDataset, remove_tag0
     from faenet.symmetry_eval import DenormalizedPredictor
-    from faenet.symmetry_runs import normalizer_from_state
     from faenet.tasks import FRAME_DIM
+    from faenet.training import Normalizer
 
     cfg = params.active.continuity
     c = params.train_cells[cell]
@@ -74,7 +74,7 @@ def run_cell(params: Params, cell: str, data_dir: Path = DATA, models: Path = MO
         # The data's neighbour cap ranks equidistant periodic images (2x2 slabs), so the backbone itself jumps
         # along any strain; without it the `none` row measures the backbone, and FA rows the frames.
         net.max_num_neighbors = None
-    norm = normalizer_from_state(ckpt["normalizer"])
+    norm = Normalizer.from_state(ckpt["normalizer"])
     dim = FRAME_DIM[c.dataset]
     ds = GraphDataset(data_dir / c.dataset / "val_id.lmdb", task=c.dataset)
     records = [ds[k] for k in range(min(len(ds), cfg.candidates))]

@@ -199,7 +199,7 @@ def fit(spec: RunSpec, sets: Mapping[str, Any], eval_names: Sequence[str], needs
     if result.resumed_from_epoch and dist.is_main:
         print(f"{spec.name}: resumed from epoch {result.resumed_from_epoch}", flush=True)
     final = {n: evaluate(wrapped, sets[n], eval_batch_size, result.normalizer, needs_forces, split=n,
-                         device=device, dist=dist, num_workers=spec.num_workers)
+                         device=device, dist=dist, num_workers=spec.num_workers, zero_reference=True)
              for n in eval_names}
     net.to("cpu")  # the final state is stored CPU-side (loadable anywhere)
     if spec.target != "energy":  # a QM9 property: EwT (an energy threshold in eV) does not apply

@@ -81,7 +81,8 @@ def build_predictor(job: Job, params: Params, data: TaskData):
     import torch
 
     from baselines.registry import build_model
-    from faenet.symmetry_runs import derived_seed, eval_predictor, normalizer_from_state
+    from faenet.symmetry_runs import derived_seed, eval_predictor
+    from faenet.training import Normalizer
     from pipeline.resolve import resolve_cell
 
     # The trained cells' hparams, symmetry method and rewiring are their checkpoint's; No-Train's are resolved.
@@ -95,7 +96,7 @@ def build_predictor(job: Job, params: Params, data: TaskData):
         except RuntimeError as err:
             raise CheckpointError(f"{job.checkpoint}: weights do not fit {ckpt['model_name']} with the stored "
                                   f"hyperparameters ({err}); rerun `dvc repro train@{job.cell}`") from None
-        predictor = eval_predictor(net, ckpt["symmetry"], cell.frame_dim, normalizer_from_state(ckpt["normalizer"]),
+        predictor = eval_predictor(net, ckpt["symmetry"], cell.frame_dim, Normalizer.from_state(ckpt["normalizer"]),
                                    gen)
         return predictor, ckpt["rewiring"], None
     torch.manual_seed(job.seed)

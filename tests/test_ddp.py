@@ -99,7 +99,7 @@ def _rank_main(rank: int, cases: list[tuple[str, str]], epochs: int, out: str, k
                         checkpoint_path=Path(out) / f"ckpt-{tag}.pt", progress=False, dist=d, device=device,
                         on_epoch=lambda e, row, m=metrics: m.open("a").write(json.dumps({"epoch": e, **row}) + "\n"),
                         on_step=on_step, balance_ranks=balance)
-            final = evaluate(wrapped, VAL, 4, res.normalizer, True, dist=d, device=device)
+            final = evaluate(wrapped, VAL, 4, res.normalizer, True, dist=d, device=device, zero_reference=True)
             if d.is_main:
                 torch.save({"params": {k: v.detach().clone() for k, v in net.named_parameters()}, "final": final,
                             "history": res.history, "resumed": res.resumed_from_epoch}, Path(out) / f"{tag}.pt")
@@ -119,7 +119,7 @@ def _one_process(model: str, symmetry: str) -> dict:
     net, wrapped = _build(model, symmetry)
     res = train(wrapped, TRAIN, {"val": VAL}, _settings(PER_RANK_BATCH * WORLD), True, progress=False)
     return {"params": dict(net.named_parameters()), "history": res.history,
-            "final": evaluate(wrapped, VAL, 4, res.normalizer, True)}
+            "final": evaluate(wrapped, VAL, 4, res.normalizer, True, zero_reference=True)}
 
 
 def _max_rel(a: dict, b: dict) -> float:
@@ -172,7 +172,7 @@ def _check_equivalent(two: dict, one: dict, model: str, symmetry: str, metrics: 
     # Measured: 2.2e-6 (FAENet, a bias, after 4 AdamW steps), SchNet below; float32 sums in another order,
     # normalised by Adam. 1e-5 leaves room for that, not for a wrong batch or a wrong loss scale (>= 1e-2).
     assert rel < 1e-5
-    for k in ("energy_mae", "force_mae", "energy_ewt"):
+    for k in ("energy_mae", "force_mae", "energy_ewt", "zero_force_mae"):
         assert two["final"][k] == pytest.approx(one["final"][k], rel=1e-6, abs=1e-9), k
     for k in ("train_loss", "val_energy_mae", "val_force_mae"):  # logged rows: the global values
         assert [h[k] for h in two["history"]] == pytest.approx([h[k] for h in one["history"]], rel=1e-5), k

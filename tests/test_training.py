@@ -137,6 +137,19 @@ def test_mae_and_ewt_on_hand_computed_errors():
     assert m["energy_mae"] == pytest.approx(0.13625, abs=1e-6) and m["energy_ewt"] == 0.5
 
 
+def test_zero_force_reference_on_hand_computed_forces():
+    # Free atoms 0 and 2 (atom 1 fixed, its 9 eV/Å ignored): |F| components 1,2,3 and 0,0.5,1.5 -> mean 8/6.
+    pred = {"energy": torch.zeros(1), "y": torch.zeros(1), "forces": torch.zeros(3, 3),
+            "force": torch.tensor([[1.0, -2.0, 3.0], [9.0, 9.0, 9.0], [0.0, 0.5, -1.5]]),
+            "free": torch.tensor([True, False, True])}
+    assert "zero_force_mae" not in mae_metrics(pred)
+    m = mae_metrics(pred, zero_reference=True)
+    assert m["zero_force_mae"] == pytest.approx(8.0 / 6) and m["force_mae"] == m["zero_force_mae"]  # F = 0 here
+    data = _records(4, 5, forces=True)
+    res = evaluate(PairModel("from_energy"), data, 2, Normalizer(), needs_forces=True, zero_reference=True)
+    assert res["zero_force_mae"] == pytest.approx(float(torch.cat([r.force for r in data]).abs().mean()))
+
+
 def test_element_shift_normaliser_removes_composition_energy():
     # E = 3 eV per H + 10 eV per C exactly: the least-squares shifts recover them, residuals are 0.
     from torch_geometric.data import Batch, Data

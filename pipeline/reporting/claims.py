@@ -23,6 +23,9 @@ Rules, applied uniformly (stated again in claims.md):
 - "Trend with data" (accuracy claims): the gap between the two models at 1/4, 1/2 and all of the training
   set (stage ``scaling``), its slope per doubling of the data with a 95% interval: "toward the paper" when the
   gap grows in the paper's direction, "away" when it shrinks, "flat" when the interval contains 0.
+- Force MAEs are compared only between force heads that learned: a cell whose force MAE does not beat predicting
+  zero forces on the same atoms (the interval of the difference above 0) makes each comparison on its force MAE
+  inconclusive, as it then measures the training budget, not the architecture.
 Our data are the embedded EMT/xTB stand-ins on a CPU unless the profile says otherwise; each claim states the
 protocol it was measured under.
 """
@@ -366,16 +369,48 @@ def c_pca_negligible(ctx, c):
 BASELINES = ("schnet", "dimenet_pp", "forcenet")
 
 
-def _decide(c, pairs: dict[str, tuple[Sequence[float], Sequence[float]]], higher_is_better: bool = False) -> str:
+def unlearned_forces(ctx: dict[str, Any], cell: str, split: str) -> str:
+    """Why ``cell``'s force MAE on ``split`` is no test of its model: empty when it beats predicting F = 0 on the
+    same atoms (``zero_force_mae``, per seed; the 95% interval of the difference above 0), else the two MAEs.
+    Results written before the reference existed have no ``zero_force_mae``: no guard then."""
+    try:
+        zero = mae_seeds(ctx, cell, "zero_force_mae", split)
+    except Missing:
+        return ""
+    f = mae_seeds(ctx, cell, "force_mae", split)
+    v, iv = V.ordering(f, zero)
+    if v == REPRODUCED:
+        return ""
+    return (f"{cell.split('-')[0]}'s force head does not beat zero forces ({sum(f) / len(f):.4g} vs "
+            f"{sum(zero) / len(zero):.4g} eV/Å)")
+
+
+def _decide(c, pairs: dict[str, tuple[Sequence[float], Sequence[float]]], higher_is_better: bool = False,
+            untested: dict[str, str] | None = None) -> str:
     """The combined verdict of "better beats worse" for each named (better, worse) pair of per-seed values;
-    ``c.interval`` gets each pair's difference with its interval (positive = the paper's direction)."""
+    ``c.interval`` gets each pair's difference with its interval (positive = the paper's direction).
+    ``untested``: pair name -> why it tests nothing (``unlearned_forces``): inconclusive, the reason in
+    ``c.reason``."""
+    untested = {k: v for k, v in (untested or {}).items() if v}
     out, texts = [], []
     for name, (b, w) in pairs.items():
         v, iv = V.ordering(b, w, higher_is_better)
-        out.append(v)
-        texts.append(f"{name}: {iv.text(3)}")
+        out.append(INCONCLUSIVE if name in untested else v)
+        texts.append(f"{name}: {iv.text(3)}" + (" (not a test: zero-force floor)" if name in untested else ""))
     c.interval = "; ".join(texts)
+    if untested:
+        c.reason = "; ".join(dict.fromkeys(untested.values()))
     return V.combine(out)
+
+
+def _force_guard(ctx: dict[str, Any], pairs: dict[str, tuple[str, str, str]]) -> dict[str, str]:
+    """``unlearned_forces`` of each pair name -> (cell A, cell B, split): the reasons of the cells that fail."""
+    out = {}
+    for name, (a, b, split) in pairs.items():
+        why = "; ".join(w for w in (unlearned_forces(ctx, a, split), unlearned_forces(ctx, b, split)) if w)
+        if why:
+            out[name] = why
+    return out
 
 
 def _ordering(ctx, c, better: str, worse: list[str], key: str = "energy_mae", split: str = "average",
@@ -385,7 +420,9 @@ def _ordering(ctx, c, better: str, worse: list[str], key: str = "energy_mae", sp
     c.ours = {better: _pm(b), **{w: _pm(v) for w, v in others.items()}}
     bs = mae_seeds(ctx, better, key, split)
     c.trend = trend_text(ctx, better, worse, key, split, higher_is_better)
-    return _decide(c, {w.split("-")[0]: (bs, mae_seeds(ctx, w, key, split)) for w in worse}, higher_is_better)
+    guard = _force_guard(ctx, {w.split("-")[0]: (better, w, split) for w in worse}) if key == "force_mae" else {}
+    return _decide(c, {w.split("-")[0]: (bs, mae_seeds(ctx, w, key, split)) for w in worse}, higher_is_better,
+                   guard)
 
 
 @claim("is2re-mae-best", "FAENet outperforms SchNet, DimeNet++ and ForceNet in IS2RE energy MAE",
@@ -709,7 +746,8 @@ def c_qm7x_vs_schnet(ctx, c):
                                        mae_seeds(ctx, "schnet-qm7x-none", key, split))
     c.ours = out
     c.trend = trend_text(ctx, "faenet-qm7x-sfa", ["schnet-qm7x-none"], "force_mae", "test")
-    return _decide(c, pairs)
+    return _decide(c, pairs, untested=_force_guard(ctx, {
+        f"force_mae@{split}": ("faenet-qm7x-sfa", "schnet-qm7x-none", split) for split in ("val_id", "test")}))
 
 
 @claim("qm7x-unknown-harder", "Errors are higher on unknown molecules than on known ones, for every model",
@@ -720,15 +758,18 @@ def c_qm7x_unknown_harder(ctx, c):
     cells = sorted(k for k, m in ctx["train"].items() if m["dataset"] == "qm7x")
     if not cells:
         raise Missing("no QM7-X cell was trained")
-    out, pairs = {}, {}
+    out, pairs, untested = {}, {}, {}
     for cell in cells:
         for key in ("energy_mae", "force_mae"):
             k, u = mae(ctx, cell, key, "val_id"), mae(ctx, cell, key, "test")
             out[f"{cell}:{key}"] = {"known": _pm(k), "unknown": _pm(u)}
             pairs[f"{cell.split('-')[0]}:{key}"] = (mae_seeds(ctx, cell, key, "val_id"),
                                                     mae_seeds(ctx, cell, key, "test"))
+        why = "; ".join(dict.fromkeys(w for s in ("val_id", "test") if (w := unlearned_forces(ctx, cell, s))))
+        if why:
+            untested[f"{cell.split('-')[0]}:force_mae"] = why
     c.ours = out
-    return _decide(c, pairs)
+    return _decide(c, pairs, untested=untested)
 
 
 @claim("qm9-only-model-faster-than-schnet", "FAENet is the only model faster than SchNet (QM9 training time per "
@@ -875,7 +916,7 @@ def c_gemnet_beats(ctx, c):
     groups = [("qm7x", "test", list(GEMNET_QM7X), ["schnet-qm7x-none"]),
               ("s2ef", "average", ["gemnet_t-s2ef-none"], ["schnet-s2ef-none", "dimenet_pp-s2ef-none"]),
               ("md17", "test", list(GEMNET_MD17), ["schnet-md17-none", "dimenet_pp-md17-none"])]
-    pairs, ours = {}, {}
+    pairs, ours, force_pairs = {}, {}, {}
     for task, split, gem, base in groups:
         for g in gem:
             for b in base:
@@ -885,8 +926,9 @@ def c_gemnet_beats(ctx, c):
                     pairs[name] = (gs, bs)
                     ours[name] = {g.split("-")[0]: _pm(mae(ctx, g, key, split)),
                                   b.split("-")[0]: _pm(mae(ctx, b, key, split))}
+                force_pairs[f"{task}:{g.split('-')[0]}<{b.split('-')[0]}:force_mae"] = (g, b, split)
     c.ours = ours
-    return _decide(c, pairs)
+    return _decide(c, pairs, untested=_force_guard(ctx, force_pairs))
 
 
 @claim("gemnet-two-hop-complex-vs-simple", "Removing two-hop message passing (GemNet-Q -> GemNet-T) costs more "
@@ -902,6 +944,8 @@ def c_gemnet_two_hop(ctx, c):
         raise Missing(f"needs gemnet_t and gemnet_q on the QM7-X-like and the MD17-like sets; not trained in this "
                       f"profile: {missing}")
     gaps = {}
+    untested = "; ".join(w for task in ("qm7x", "md17") for m in ("gemnet_t", "gemnet_q")
+                         if (w := unlearned_forces(ctx, f"{m}-{task}-none", "test")))
     for task in ("qm7x", "md17"):
         t = mae_seeds(ctx, f"gemnet_t-{task}-none", "force_mae", "test")
         q = mae_seeds(ctx, f"gemnet_q-{task}-none", "force_mae", "test")
@@ -909,6 +953,9 @@ def c_gemnet_two_hop(ctx, c):
     v, iv = V.ordering(gaps["md17"], gaps["qm7x"], higher_is_better=False)
     c.ours = {k: round(sum(x) / len(x), 4) for k, x in gaps.items()}
     c.interval = f"qm7x - md17 relative gap: {iv.text(3)}"
+    if untested:
+        c.reason = untested
+        return INCONCLUSIVE
     return v
 
 
@@ -1054,7 +1101,8 @@ def write_claims(claims: list[Claim], reports: Path, profile: str = "") -> str:
              "trend with data | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for i, c in enumerate(claims, 1):
-        ours = f"({c.reason})" if c.verdict == NOT_MEASURABLE else _short(c.ours)
+        ours = f"({c.reason})" if c.verdict == NOT_MEASURABLE else _short(c.ours) + (
+            f" ({c.reason})" if c.reason else "")
         lines.append(f"| {i} | {c.text} | {c.where} | {_short(c.paper)} | {ours} | {c.interval or '–'} | "
                      f"{c.criterion} | {c.protocol} | {c.trend or '–'} | **{c.verdict}** |")
     (reports / "claims.md").write_text("\n".join(lines) + "\n")

@@ -98,6 +98,22 @@ def run_ids(cell: dict[str, Any]) -> str:
 # Tables 9 and 1 (OC20 IS2RE, S2EF)
 # ----------------------------------------------------------------------------------------------------------
 
+ZERO_FORCE_LABEL = "Zero forces (reference: F = 0)"
+ZERO_FORCE_NOTE = ("'Zero forces' row: the force MAE of predicting F = 0 on the same atoms (mean |F| component; "
+                   "`zero_force_mae` in results/train): a force head at or above it has learned nothing yet "
+                   "(the claims audit then calls its force comparisons inconclusive).")
+
+
+def zero_force_mae(cells: list[dict[str, Any]], split: str, scale: float = 1.0) -> float | None:
+    """The zero-force reference MAE on ``split`` (the same atoms for every cell of a task: the first cell that
+    recorded it), or None when no cell did (results written before the reference existed)."""
+    for m in cells:
+        mean, _ = split_stat(m, split, "zero_force_mae", scale)
+        if mean is not None:
+            return mean
+    return None
+
+
 def table_oc20(task: str, ctx: dict[str, Any], profile: str) -> int:
     """Table 9 (IS2RE: energy MAE and EwT per split) or Table 1 (S2EF: energy and force MAE per split;
     the paper's Table 1 gives the averages, its App. C.4 table the splits)."""
@@ -131,6 +147,12 @@ def table_oc20(task: str, ctx: dict[str, Any], profile: str) -> int:
                    paper_second_average=psec.get("average"), mlflow_run_ids=run_ids(m))
         rows.append(row)
         csv_rows.append(rec)
+    zero = {sp: zero_force_mae(cells_of(ctx["train"], task), sp, 1000.0) for sp in cols} if not is2re else {}
+    if any(v is not None for v in zero.values()):
+        rows.append([ZERO_FORCE_LABEL, MISSING, MISSING, MISSING] + [MISSING] * len(cols)
+                    + [fmt(zero[sp], 1) for sp in cols] + [MISSING] * 4)
+        csv_rows.append({"model": "zero_forces", "reference": True,
+                         **{f"force_mae_{sp}": v for sp, v in zero.items()}})
     measured = {m["model"] for m in cells_of(ctx["train"], task)}
     for name, prow in load_paper()[paper_key]["rows"].items():
         if name in measured:
@@ -160,6 +182,8 @@ def table_oc20(task: str, ctx: dict[str, Any], profile: str) -> int:
                     notes)
     else:
         notes.append("F-MAE: mean absolute error per force component on free atoms, meV/Å.")
+        if any(v is not None for v in zero.values()):
+            notes.append(ZERO_FORCE_NOTE)
         write_table("table1", "Table 1 (with App. C.4's per-split S2EF table) — S2EF: energy and force MAE",
                     header, rows, csv_rows, notes)
     return len(csv_rows)
@@ -190,6 +214,12 @@ def table2(ctx: dict[str, Any], profile: str) -> int:
         rec["mlflow_run_ids"] = run_ids(m)
         rows.append(row)
         csv_rows.append(rec)
+    zero = {r: zero_force_mae(cells_of(ctx["train"], "qm7x"), sp, 1000.0) for r, sp in splits.items()}
+    if any(v is not None for v in zero.values()):
+        rows.append([ZERO_FORCE_LABEL, MISSING, MISSING, fmt(zero["known"], 2), MISSING, fmt(zero["unknown"], 2),
+                     MISSING, MISSING])
+        csv_rows.append({"model": "zero_forces", "reference": True,
+                         **{f"forces_{r}_meV": v for r, v in zero.items()}})
     measured = {m["model"] for m in cells_of(ctx["train"], "qm7x")}
     for name, prow in load_paper()["table2"]["rows"].items():
         if name not in measured:
@@ -204,6 +234,8 @@ def table2(ctx: dict[str, Any], profile: str) -> int:
              "(train.qm7x.element_shift), as the authors' lse_shift.",
              "mean ± std over seeds; forces: MAE per component, all atoms.",
              "PaiNN, So3krates and SpookyNet are paper-only rows (not implemented here; see README)."]
+    if any(v is not None for v in zero.values()):
+        notes.append(ZERO_FORCE_NOTE)
     write_table("table2", "Table 2 — QM7-X: energy and force MAE, known and unknown molecules", header, rows,
                 csv_rows, notes)
     return len(csv_rows)
@@ -237,11 +269,19 @@ def table_md17(ctx: dict[str, Any], profile: str) -> int:
         rec["mlflow_run_ids"] = run_ids(m)
         rows.append(row)
         csv_rows.append(rec)
+    zero = {sp: zero_force_mae(cells, sp, 1000.0) for sp in splits}
+    if any(v is not None for v in zero.values()):
+        rows.append([ZERO_FORCE_LABEL, MISSING, *[c for sp in splits for c in (MISSING, fmt(zero[sp], 2))],
+                     MISSING])
+        csv_rows.append({"model": "zero_forces", "reference": True,
+                         **{f"forces_{sp}_meV": v for sp, v in zero.items()}})
     notes = [f"Ours: profile `{profile}`, the embedded MD17-like set (Langevin MD of one molecule driven by GFN2-xTB, "
              "frames split at random as MD17's; data_card.md). Not in the FAENet paper: the GemNet review's "
              "'simple' dataset, beside QM7-X-like (many molecules) for the claim gemnet-two-hop-complex-vs-simple.",
              "mean ± std over seeds; forces: MAE per component, all atoms; total GFN2 energies (normalised, no "
              "element shift: one molecule)."]
+    if any(v is not None for v in zero.values()):
+        notes.append(ZERO_FORCE_NOTE)
     write_table("md17", "MD17-like: energy and force MAE (one molecule's trajectory)", header, rows, csv_rows, notes)
     return len(csv_rows)
 
