@@ -330,6 +330,9 @@ def test_force_comparisons_need_heads_that_beat_zero_forces():
     # FAENet at the zero-force floor, every baseline better: measured "contradicted", but nothing was tested.
     floor = _by_id(evaluate_claims(_ctx([s2ef("faenet", "sfa", 0.232, 0.2317), *base])))["s2ef-forces-best"]
     assert floor.verdict == INCONCLUSIVE and "does not beat zero forces" in floor.reason
+    # FAENet is in all three pairs, but its reason is given once, with the split it was measured on.
+    assert floor.reason.count("faenet's force head") == 1, floor.reason
+    assert "on the mean of the val splits" in floor.reason
     assert "not a test" in floor.interval
     # Every head learned (below 0.30): the ordering decides again, here for the paper.
     learned = [s2ef("faenet", "sfa", 0.10, 0.30), s2ef("schnet", "none", 0.17, 0.30),

@@ -381,16 +381,17 @@ def unlearned_forces(ctx: dict[str, Any], cell: str, split: str) -> str:
     v, iv = V.ordering(f, zero)
     if v == REPRODUCED:
         return ""
-    return (f"{cell.split('-')[0]}'s force head does not beat zero forces ({sum(f) / len(f):.4g} vs "
+    where = "the mean of the val splits" if split == "average" else split
+    return (f"{cell.split('-')[0]}'s force head does not beat zero forces on {where} ({sum(f) / len(f):.4g} vs "
             f"{sum(zero) / len(zero):.4g} eV/Å)")
 
 
 def _decide(c, pairs: dict[str, tuple[Sequence[float], Sequence[float]]], higher_is_better: bool = False,
-            untested: dict[str, str] | None = None) -> str:
+            untested: dict[str, Sequence[str]] | None = None) -> str:
     """The combined verdict of "better beats worse" for each named (better, worse) pair of per-seed values;
     ``c.interval`` gets each pair's difference with its interval (positive = the paper's direction).
-    ``untested``: pair name -> why it tests nothing (``unlearned_forces``): inconclusive, the reason in
-    ``c.reason``."""
+    ``untested``: pair name -> the reasons it tests nothing (``unlearned_forces``): inconclusive, each distinct
+    reason once in ``c.reason`` (a cell in several pairs is named once)."""
     untested = {k: v for k, v in (untested or {}).items() if v}
     out, texts = [], []
     for name, (b, w) in pairs.items():
@@ -399,15 +400,15 @@ def _decide(c, pairs: dict[str, tuple[Sequence[float], Sequence[float]]], higher
         texts.append(f"{name}: {iv.text(3)}" + (" (not a test: zero-force floor)" if name in untested else ""))
     c.interval = "; ".join(texts)
     if untested:
-        c.reason = "; ".join(dict.fromkeys(untested.values()))
+        c.reason = "; ".join(dict.fromkeys(r for reasons in untested.values() for r in reasons))
     return V.combine(out)
 
 
-def _force_guard(ctx: dict[str, Any], pairs: dict[str, tuple[str, str, str]]) -> dict[str, str]:
+def _force_guard(ctx: dict[str, Any], pairs: dict[str, tuple[str, str, str]]) -> dict[str, tuple[str, ...]]:
     """``unlearned_forces`` of each pair name -> (cell A, cell B, split): the reasons of the cells that fail."""
     out = {}
     for name, (a, b, split) in pairs.items():
-        why = "; ".join(w for w in (unlearned_forces(ctx, a, split), unlearned_forces(ctx, b, split)) if w)
+        why = tuple(w for w in (unlearned_forces(ctx, a, split), unlearned_forces(ctx, b, split)) if w)
         if why:
             out[name] = why
     return out
@@ -765,7 +766,7 @@ def c_qm7x_unknown_harder(ctx, c):
             out[f"{cell}:{key}"] = {"known": _pm(k), "unknown": _pm(u)}
             pairs[f"{cell.split('-')[0]}:{key}"] = (mae_seeds(ctx, cell, key, "val_id"),
                                                     mae_seeds(ctx, cell, key, "test"))
-        why = "; ".join(dict.fromkeys(w for s in ("val_id", "test") if (w := unlearned_forces(ctx, cell, s))))
+        why = tuple(w for s in ("val_id", "test") if (w := unlearned_forces(ctx, cell, s)))
         if why:
             untested[f"{cell.split('-')[0]}:force_mae"] = why
     c.ours = out
