@@ -283,7 +283,7 @@ class DataSpec:
 
     paths: dict[str, str]  # split name -> LMDB path; "train" and every eval split
     task: str
-    transform: Any = None  # a picklable callable (e.g. ``pipeline.train.RecordTransform``), or None
+    transform: Any = None  # a picklable callable (e.g. ``faenet.data.transforms.RecordTransform``), or None
     train_indices: tuple[int, ...] | None = None  # a subset of the train split (stage scaling); None = all
     in_memory: bool = True  # False (train.stream): read the LMDBs lazily, records decoded on access
 

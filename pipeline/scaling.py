@@ -33,9 +33,9 @@ def main() -> int:
 def _cell_jobs(params: Params, cell: str, fractions: list[float], subset_seed: int, prov: dict[str, str]):
     """The runs of ``cell`` at each fraction, and the training-set sizes."""
     from faenet.data.dataset import GraphDataset, content_hash, nested_subsets
+    from faenet.data.transforms import RecordTransform
     from pipeline.resolve import resolve_cell, resolve_run
     from pipeline.runs import DataSpec, Job
-    from pipeline.train import RecordTransform
 
     c = params.train_cells[cell]
     if c.dataset == "qm9":

@@ -1,6 +1,6 @@
 """`dvc plots show` draws one learning-curve line per seed (and per QM9 property), not one zig-zag through all.
 
-A tiny DVC repo in tmp holds curves written by the train stage's writer (``pipeline.train.write_curves``), the
+A tiny DVC repo in tmp holds curves written by the train stage's writer (``pipeline.reporting.train.write_curves``), the
 project's plots definition of the train stage (dvc.yaml) and its template (``.dvc/plots/``); the rendered
 vega-lite spec (``dvc plots show --json``) must colour the lines by run and carry every run's points.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.train import CURVE_Y, curve_series, write_curves
+from pipeline.reporting.train import CURVE_Y, curve_series, write_curves
 
 ROOT = Path(__file__).resolve().parent.parent
 DVC = str(Path(sys.executable).parent / "dvc")

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from faenet.tasks import EVAL_SPLITS, FORCE_TASKS
-from pipeline.train import headline as train_headline
+from pipeline.reporting.train import headline as train_headline
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("fetch", "symmetry", "expressivity", "benchmark", "ablation")

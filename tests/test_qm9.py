@@ -102,3 +102,24 @@ def test_split_as_fork_and_lmdbs(raw_dir: Path, tmp_path: Path) -> None:
 def test_missing_raw_files(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="download_qm9"):
         list(qm9.iter_qm9(tmp_path))
+
+
+def test_record_transform_picks_one_property_and_pickles(tmp_path: Path) -> None:
+    # Runs are sent to worker processes: the transform must pickle by reference from its library module.
+    import json
+    import pickle
+
+    from torch_geometric.data import Data
+
+    from faenet.data.transforms import RecordTransform, dataset_targets
+
+    (tmp_path / "summary.json").write_text(json.dumps({"target_names": ["mu", "alpha", "gap"]}))
+    names = dataset_targets(tmp_path)
+    t = pickle.loads(pickle.dumps(RecordTransform(False, names.index("gap"), "gap")))
+    rec = Data(targets=torch.tensor([[1.0, float("nan"), 3.0]]), y=0.0, sid=7)
+    assert t(rec).y == 3.0 and rec.y == 0.0  # a copy: the stored record is not changed
+    with pytest.raises(ValueError, match="'alpha' is nan"):
+        RecordTransform(False, names.index("alpha"), "alpha")(rec)
+    assert RecordTransform()(rec) is rec
+    with pytest.raises(FileNotFoundError):
+        dataset_targets(tmp_path / "missing")
