@@ -86,8 +86,10 @@ from faenet.training import Normalizer
 FRAME_POLICIES = ("full", "redraw", "fixed")
 FORCE_MODES = ("direct", "from_energy")
 REWIRINGS = ("none", "remove-tag-0")
-_FA_METHODS = ("sfa", "full", "se3-sfa", "se3-full")
-_DIRECT_HEADS = ("direct", "direct_with_gradient_target")
+#: Symmetry methods that average over frames (the only ones a frame policy applies to).
+FA_METHODS = ("sfa", "full", "se3-sfa", "se3-full")
+#: Model force modes with a direct force head (so ``forces="direct"`` is available).
+DIRECT_HEADS = ("direct", "direct_with_gradient_target")
 
 
 @contextlib.contextmanager
@@ -172,17 +174,17 @@ class ModelCalculator(Calculator):
             raise ValueError(f"unknown symmetry method {symmetry!r}; allowed: {list(METHODS)}")
         if frame_policy is not None and frame_policy not in FRAME_POLICIES:
             raise ValueError(f"unknown frame_policy {frame_policy!r}; allowed: {list(FRAME_POLICIES)}")
-        if symmetry not in _FA_METHODS and frame_policy not in (None, "full"):
+        if symmetry not in FA_METHODS and frame_policy not in (None, "full"):
             raise ValueError(f"frame_policy={frame_policy!r} needs a frame-averaged model (symmetry in "
-                             f"{list(_FA_METHODS)}); this model's symmetry is {symmetry!r}, which uses no frame")
+                             f"{list(FA_METHODS)}); this model's symmetry is {symmetry!r}, which uses no frame")
         if rewiring not in REWIRINGS:
             raise ValueError(f"unknown rewiring {rewiring!r}; allowed: {list(REWIRINGS)}")
         own = getattr(model, "regress_forces", "") or ""
         if forces is None:
-            forces = "direct" if own in _DIRECT_HEADS else "from_energy"
+            forces = "direct" if own in DIRECT_HEADS else "from_energy"
         if forces not in FORCE_MODES:
             raise ValueError(f"unknown forces mode {forces!r}; allowed: {list(FORCE_MODES)}")
-        if forces == "direct" and own not in _DIRECT_HEADS:
+        if forces == "direct" and own not in DIRECT_HEADS:
             raise ValueError(f"forces='direct' needs a direct force head, but {type(model).__name__} has "
                              f"regress_forces={own!r}; use forces='from_energy' (-dE/dpos)")
         if cutoff <= 0 or max_num_neighbors < 1:
@@ -201,7 +203,7 @@ class ModelCalculator(Calculator):
                                        generator=self.generator, differentiable_frames=True).eval()
 
     def _method(self) -> str:
-        if self.symmetry not in _FA_METHODS:
+        if self.symmetry not in FA_METHODS:
             return "none"  # da at inference = the model as is
         prefix = "se3-" if self.symmetry.startswith("se3-") else ""
         return prefix + ("full" if self.frame_policy == "full" else "sfa")

@@ -19,12 +19,15 @@ draw also jumps wherever the sign canonicalisation (third moments) changes sign.
   continuous prediction, ~jump / step for a discontinuous one), with the median step slope beside it.
 - :func:`symmetry_predictors`: ``none`` / ``sfa-mean`` (mean of ``n_draws`` SFA draws, the same draws at every
   point: common random numbers) / ``full`` (/ ``full-lattice`` for periodic graphs) around one backbone.
+- :func:`nearest_degenerate` / :func:`sweep_model`: a trained model swept through the candidate structure whose
+  two leading variances are closest (the path strains it least), energies de-normalised.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -130,3 +133,48 @@ def continuity_sweep(predictors: Mapping[str, Predictor], data: Any, dim: int, n
         ratio[name] = float(dev.max() / second.median().clamp(min=1e-12))
     return {"t": ts.tolist(), "eigengap": gaps, "step_A": steps, "crossing_index": (n_points - 1) // 2,
             "energy": energy, "max_jump_per_A": max_jump, "excess_jump": excess, "jump_ratio": ratio}
+
+
+def nearest_degenerate(records: Sequence[Any], dim: int) -> tuple[int, float]:
+    """Index and relative gap ``(λ1 - λ2) / λ1`` of the record whose two leading PCA variances are closest
+    (exact degeneracies, gap <= 1e-6, are skipped: :func:`degenerate_path` needs distinct variances)."""
+    best, gap = 0, float("inf")
+    for k, rec in enumerate(records):
+        p = rec.pos.to(torch.float64)
+        lam = compute_frames(p, torch.zeros(p.shape[0], dtype=torch.long), 1, dim=dim).eigenvalues[0]
+        g = float((lam[0] - lam[1]) / lam[0])
+        if 1e-6 < g < gap:
+            best, gap = k, g
+    return best, gap
+
+
+def sweep_model(net: torch.nn.Module, normalizer: Any, records: Sequence[Any], dim: int, *, n_draws: int = 32,
+                seed: int = 0, n_points: int = 41, width: float = 0.1, uncap_neighbors: bool = False
+                ) -> dict[str, Any]:
+    """:func:`continuity_sweep` of a trained backbone ``net`` (modified in place: energies only, neighbour cap
+    lifted when ``uncap_neighbors``) through :func:`nearest_degenerate` of ``records``, energies de-normalised
+    by ``normalizer`` (a ``faenet.training.Normalizer``). Returns ``{"record_index", "initial_gap", "periodic",
+    "seconds" (the sweep's wall time), **continuity_sweep(...)}``."""
+    from torch_geometric.data import Batch
+
+    from faenet.symmetry_eval import DenormalizedPredictor
+
+    # Energies only: forces are not swept, and -dE/dpos would double the cost. The energy is the same function.
+    net.regress_forces = ""
+    if uncap_neighbors and hasattr(net, "max_num_neighbors"):
+        # The data's neighbour cap ranks equidistant periodic images (2x2 slabs), so the backbone itself jumps
+        # along any strain; without it the `none` row measures the backbone, and FA rows the frames.
+        net.max_num_neighbors = None
+    k, gap0 = nearest_degenerate(records, dim)
+    data = Batch.from_data_list([records[k]])
+    periodic = bool(getattr(records[k], "pbc", torch.zeros(3)).bool().any())
+
+    def wrap(w: SymmetryWrapper) -> Predictor:
+        p = DenormalizedPredictor(w, normalizer)
+        return lambda d: p(d)["energy"]
+
+    preds = symmetry_predictors(net, dim, n_draws=n_draws, seed=seed, periodic=periodic, wrap=wrap)
+    t0 = time.perf_counter()
+    res = continuity_sweep(preds, data, dim, n_points=n_points, width=width)
+    return {"record_index": k, "initial_gap": gap0, "periodic": periodic, "seconds": time.perf_counter() - t0,
+            **res}

@@ -17,17 +17,25 @@ asymmetry of a force field, and geometry optimisation. Plain arguments in, datac
   ``λ = ||J_anti||_F / ||J||_F`` with ``J = dF/dr`` (3N x 3N) and ``J_anti = (J - J^T) / 2``. Conservative forces
   have ``J = -Hessian``, symmetric, so ``λ = 0``; computed by autograd on small systems.
 - :func:`relax`: BFGS or FIRE to ``fmax`` within ``steps``; converged or not, and the final energy.
+- Project data and trained cells: :func:`record_to_atoms` / :func:`structures` (records of a split as ASE
+  ``Atoms``), :func:`reference_calculator` (the calculator of the embedded labels), :func:`run_plan` (which
+  force modes and frame policies a cell supports), :func:`measure_nve` (one run as a flat record) and
+  :func:`relaxation_runs` (model-relaxed structures scored by the reference's energy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from faenet.calculator import DIRECT_HEADS, FA_METHODS
 
 #: Fu et al.'s bond-length deviation threshold, Å.
 BOND_TOLERANCE = 0.5
@@ -190,3 +198,103 @@ def relax(atoms: Any, calc: Any, fmax: float = 0.05, steps: int = 200, optimizer
         final = atoms.copy()  # Atoms.copy drops the calculator
     return RelaxResult(converged=converged, steps=int(opt.nsteps), energy=energy,
                        fmax=float(np.linalg.norm(f, axis=1).max()) if len(f) else 0.0, atoms=final)
+
+
+def record_to_atoms(rec: Any) -> Any:
+    """An ASE ``Atoms`` of a project record: positions, Z, cell, pbc, tags, ``FixAtoms`` for ``fixed``."""
+    from ase import Atoms
+    from ase.constraints import FixAtoms
+
+    atoms = Atoms(numbers=rec.atomic_numbers.numpy(), positions=rec.pos.double().numpy(),
+                  cell=rec.cell.reshape(3, 3).double().numpy(), pbc=rec.pbc.reshape(3).numpy())
+    tags = rec.tags.numpy()
+    if (tags >= 0).all():
+        atoms.set_tags(tags)
+    fixed = np.flatnonzero(rec.fixed.numpy())
+    if fixed.size:
+        atoms.set_constraint(FixAtoms(indices=fixed))
+    return atoms
+
+
+def structures(data_dir: Path, task: str, n: int) -> list[tuple[str, Any]]:
+    """``(label, Atoms)`` of the first ``n`` systems of ``data/<task>/val_id.lmdb`` (S2EF: last frame each, the
+    nearest to the relaxed structure; IS2RE: initial structures)."""
+    from faenet.data.dataset import GraphDataset
+
+    path = data_dir / task / "val_id.lmdb"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run `dvc repro fetch` first")
+    ds = GraphDataset(path, task=task)
+    chosen: dict[int, Any] = {}
+    for k in range(len(ds)):
+        rec = ds[k]
+        sid = int(getattr(rec, "sid", k))
+        if task == "s2ef":
+            if sid in chosen or len(chosen) < n:
+                if sid not in chosen or int(getattr(rec, "fid", 0)) > int(getattr(chosen[sid], "fid", 0)):
+                    chosen[sid] = rec
+        elif len(chosen) < n:
+            chosen[sid] = rec
+    return [(f"sid{sid}", record_to_atoms(rec)) for sid, rec in list(chosen.items())[:n]]
+
+
+def reference_calculator(task: str) -> Any:
+    """The calculator of the embedded labels: EMT (catalysis), GFN2-xTB (molecules)."""
+    if task == "s2ef":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    from tblite.ase import TBLite
+
+    return TBLite(method="GFN2-xTB", verbosity=0)
+
+
+def run_plan(model_force_mode: str, symmetry: str, force_modes: Sequence[str],
+             frame_policies: Sequence[str]) -> list[tuple[str, str | None]]:
+    """``(forces, frame_policy)`` runs of a cell: the ``force_modes`` it has (direct only with a direct head),
+    each under "full" for FA cells (None without frames); the further frame policies with the first of those
+    modes only (a policy compares frames, not heads)."""
+    modes = [m for m in force_modes if m == "from_energy" or model_force_mode in DIRECT_HEADS]
+    if symmetry not in FA_METHODS:
+        return [(m, None) for m in modes]
+    plan = [(m, "full") for m in modes] if "full" in frame_policies else []
+    plan += [(modes[0], p) for p in frame_policies if p != "full" and modes]
+    return plan
+
+
+def measure_nve(atoms: Any, calc: Any, steps: int, timestep_fs: float, temperature_K: float, seed: int,
+                interval: int = 1) -> dict[str, Any]:
+    """:func:`run_nve` as a flat record: its fields plus ``timestep_fs``, ``seconds`` (wall time) and
+    ``max_abs_energy_change`` (eV/atom, from the first frame: a drift fit hides a jump)."""
+    t0 = time.perf_counter()
+    res = run_nve(atoms, calc, steps, timestep_fs, temperature_K, seed, interval=interval)
+    out = res.as_dict()
+    e = np.asarray(res.etot) / res.n_atoms
+    out.update(timestep_fs=timestep_fs, seconds=time.perf_counter() - t0,
+               max_abs_energy_change=float(np.abs(e - e[0]).max()) if e.size else float("nan"))
+    return out
+
+
+def relaxation_runs(systems: Sequence[tuple[str, Any]], model_calcs: Iterable[tuple[str, str, Any]],
+                    fmax: float, steps: int, reference: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
+    """BFGS of every ``(label, Atoms)`` with the reference (default EMT) and with each ``(cell, forces, calc)``
+    of ``model_calcs`` (a generator builds each calculator only when reached). The error is the reference's
+    energy of the model-relaxed structure minus its energy of the reference-relaxed one (eV): free of the
+    models' energy referencing, >= 0 up to the optimiser tolerance when the model's minimum is the reference's."""
+    make_ref = reference or (lambda: reference_calculator("s2ef"))
+
+    def ref_energy(atoms: Any) -> float:
+        a = atoms.copy()
+        a.calc = make_ref()
+        return float(a.get_potential_energy())
+
+    ref = {label: relax(atoms, make_ref(), fmax, steps, return_atoms=True) for label, atoms in systems}
+    out = [{"cell": "reference-s2ef", "forces": "reference", "structure": label, "converged": ref[label].converged,
+            "steps": ref[label].steps, "energy": ref[label].energy, "emt_energy_error": 0.0} for label, _ in systems]
+    for cell, forces, calc in model_calcs:
+        for label, atoms in systems:
+            r = relax(atoms, calc, fmax, steps, return_atoms=True)
+            out.append({"cell": cell, "forces": forces, "structure": label, "converged": r.converged,
+                        "steps": r.steps, "energy": r.energy,
+                        "emt_energy_error": ref_energy(r.atoms) - ref[label].energy})
+    return out

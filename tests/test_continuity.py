@@ -7,9 +7,10 @@ import torch
 from ase.build import add_adsorbate, fcc100
 from torch_geometric.data import Batch, Data
 
-from faenet.continuity import continuity_sweep, degenerate_path, symmetry_predictors
+from faenet.continuity import continuity_sweep, degenerate_path, nearest_degenerate, sweep_model, symmetry_predictors
 from faenet.graph import radius_graph
 from faenet.model import FAENet
+from faenet.training import Normalizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,3 +92,28 @@ def test_slab_lattice_frames_are_continuous():
     assert res["eigengap"][res["crossing_index"]] < 1e-10
     assert res["jump_ratio"]["full-lattice"] < 3 and res["jump_ratio"]["none"] < 3
     assert res["jump_ratio"]["full"] > 5  # PCA frames of the in-plane positions swap axes at the crossing
+
+
+def test_nearest_degenerate_picks_the_closest_variances_and_skips_exact_ones():
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    base = base - base.mean(0)
+    # Whiten, then give axis variances: far apart, close, and exactly degenerate (skipped: no path through it).
+    u, _, vt = torch.linalg.svd(base, full_matrices=False)
+    recs = [Data(pos=u @ torch.diag(torch.tensor(s, dtype=torch.float64)))
+            for s in ([3.0, 1.0, 0.5], [1.05, 1.0, 0.5], [1.0, 1.0, 0.5])]
+    k, gap = nearest_degenerate(recs, 3)
+    assert k == 1 and gap == pytest.approx(1 - 1 / 1.05**2, rel=1e-6)
+
+
+def test_sweep_model_denormalises_and_lifts_the_neighbour_cap():
+    net = _net()
+    net.max_num_neighbors = 4
+    norm = Normalizer(mean=-1.0, std=0.5)
+    res = sweep_model(net, norm, [_cloud()[0]], 3, n_draws=2, n_points=5, uncap_neighbors=True)
+    assert net.max_num_neighbors is None and net.regress_forces == ""
+    assert res["record_index"] == 0 and not res["periodic"] and res["seconds"] >= 0
+    assert set(res["energy"]) == {"none", "sfa-mean", "full"} and len(res["t"]) == 5
+    raw = sweep_model(net, Normalizer(), [_cloud()[0]], 3, n_draws=2, n_points=5)
+    for m in ("none", "full"):  # de-normalised: std * prediction + mean at every point of the path
+        assert res["energy"][m] == pytest.approx([0.5 * e - 1.0 for e in raw["energy"][m]], rel=1e-9)

@@ -12,6 +12,7 @@ from faenet.data.store import write_lmdb
 from faenet.graph import radius_graph
 from pipeline import continuity as stage
 from pipeline.config import PARAMS_PATH, ConfigError, parse_params
+from pipeline.reporting import continuity as report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,7 +54,7 @@ def test_stage_sweeps_a_checkpoint_and_writes_outputs(tmp_path):
     r = res["cells"]["faenet-qm7x-sfa"]
     assert set(r["energy"]) == {"none", "sfa-mean", "full"} and len(r["t"]) == 7
     assert r["eigengap"][r["crossing_index"]] < 1e-5  # float32 positions: ~1e-8 measured
-    stage.write_outputs(res, tmp_path / "r.json", tmp_path / "h.json", tmp_path / "c.png")
+    report.write_outputs(res, tmp_path / "r.json", tmp_path / "h.json", tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert "seconds" not in json.loads((tmp_path / "r.json").read_text())["cells"]["faenet-qm7x-sfa"]
     assert "full_jump_ratio" in json.loads((tmp_path / "h.json").read_text())["faenet-qm7x-sfa"]

@@ -66,7 +66,8 @@ def test_method_pair_claims_take_the_paper_numbers_from_paper_yaml():
 
 
 def test_the_reporting_package_imports_no_torch():
-    code = ("import sys, pipeline.report, pipeline.reporting.figures, pipeline.reporting.schemas; "
+    code = ("import sys, pipeline.report, pipeline.reporting.figures, pipeline.reporting.schemas, "
+            "pipeline.reporting.simulate, pipeline.reporting.continuity; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torch_geometric')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,5 +1,6 @@
-"""pipeline/simulate.py wiring: which runs a cell gets, records -> Atoms (tags, FixAtoms), and the outputs
-written from a small real result (EMT control runs)."""
+"""pipeline/simulate.py and its library/reporting halves (faenet.simulation, pipeline.reporting.simulate): which
+runs a cell gets, records -> Atoms (tags, FixAtoms), and the outputs written from a small real result (EMT
+control runs)."""
 
 import json
 
@@ -9,18 +10,21 @@ import torch
 from ase.build import add_adsorbate, fcc111
 
 from faenet.calculator import atoms_tags, fixed_mask
+from faenet.simulation import measure_nve, record_to_atoms, reference_calculator, relaxation_runs, run_plan
 from pipeline.config import SimulateConfig
-from pipeline.simulate import _run, record_to_atoms, reference_calculator, run_plan, summary_rows, write_outputs
+from pipeline.reporting.simulate import summary_rows, write_outputs
+from pipeline.simulate import _run
 
 
 def test_run_plan_follows_the_model_heads_and_frames():
     cfg = SimulateConfig(force_modes=["direct", "from_energy"], frame_policies=["full", "redraw"])
-    assert run_plan("direct_with_gradient_target", "sfa", cfg) == [("direct", "full"), ("from_energy", "full"),
-                                                                   ("direct", "redraw")]
-    assert run_plan("from_energy", "none", cfg) == [("from_energy", None)]
-    assert run_plan("direct", "da", cfg) == [("direct", None), ("from_energy", None)]
+    modes = (cfg.force_modes, cfg.frame_policies)
+    assert run_plan("direct_with_gradient_target", "sfa", *modes) == [("direct", "full"), ("from_energy", "full"),
+                                                                      ("direct", "redraw")]
+    assert run_plan("from_energy", "none", *modes) == [("from_energy", None)]
+    assert run_plan("direct", "da", *modes) == [("direct", None), ("from_energy", None)]
     only = SimulateConfig(force_modes=["from_energy"], frame_policies=["fixed"])
-    assert run_plan("direct", "full", only) == [("from_energy", "fixed")]
+    assert run_plan("direct", "full", only.force_modes, only.frame_policies) == [("from_energy", "fixed")]
 
 
 def _slab_record():
@@ -65,6 +69,25 @@ def test_outputs_from_emt_control_runs(tmp_path):
     assert head["runs"] == 1 and "reference-s2ef/reference" in head["rows"]
     assert "reference-s2ef" in (tmp_path / "simulate.md").read_text()
     assert (tmp_path / "fig.png").stat().st_size > 0
+
+
+def test_measure_nve_is_the_stage_run_with_plain_args():
+    atoms = record_to_atoms(_slab_record())
+    cfg = SimulateConfig(steps=10, interval=5)
+    a = _run(atoms, reference_calculator("s2ef"), "s2ef", cfg)
+    b = measure_nve(atoms, reference_calculator("s2ef"), 10, cfg.slab_timestep_fs, cfg.temperature_K, cfg.seed, 5)
+    assert a.pop("seconds") >= 0 and b.pop("seconds") >= 0
+    assert a == b and a["timestep_fs"] == cfg.slab_timestep_fs and a["max_abs_energy_change"] >= 0
+
+
+def test_relaxation_runs_score_models_by_the_reference_energy():
+    from ase.calculators.emt import EMT
+
+    systems = [("sid0", record_to_atoms(_slab_record()))]
+    rows = relaxation_runs(systems, ((c, "from_energy", EMT()) for c in ["emt-as-model"]), 0.5, 5)
+    assert [r["cell"] for r in rows] == ["reference-s2ef", "emt-as-model"]
+    assert rows[0]["emt_energy_error"] == 0.0
+    assert rows[1]["energy"] == pytest.approx(rows[0]["energy"]) and abs(rows[1]["emt_energy_error"]) < 1e-9
 
 
 def test_simulate_config_refuses_unknown_modes():
