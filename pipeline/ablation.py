@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config import ROOT, ConfigError, Params, params_hash, stage_main
 from pipeline.reporting import ablation as R
 from pipeline.reporting.ablation import BASELINE, VAL_SPLITS, headline  # noqa: F401  (the stage's public names)
-from pipeline.tables import TABLES
+from pipeline.reporting.table_writer import TABLES
 from pipeline.tracking import log_finished_run, machine_info, package_versions, write_json
 
 if TYPE_CHECKING:

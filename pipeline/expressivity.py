@@ -3,10 +3,10 @@
 Wiring only. The pairs and the one-pair protocol (dojo training, the ``paper`` and ``strict`` evaluations) are
 ``faenet.expressivity``; the grid of experiments, model construction, the worker pool and the computed facts
 (congruence, frame inputs, what each model is) are ``faenet.expressivity_runs``; the results document, its
-headline and Tables 3-5 are ``pipeline.expressivity_tables`` (torch-free). This file reads
+headline and Tables 3-5 are ``pipeline.reporting.expressivity_tables`` (torch-free). This file reads
 ``profiles.<profile>.expressivity`` (``ExpressivityConfig``) and ``train.device``, runs the experiments, logs
 one MLflow run per (model, experiment) as results arrive (``MlflowLogger``), and writes
-``results/expressivity.json`` (schema: ``pipeline.expressivity_tables``), the DVC metric
+``results/expressivity.json`` (schema: ``pipeline.reporting.expressivity_tables``), the DVC metric
 ``metrics/expressivity.json`` (``headline``) and ``reports/tables/table{3,4,5}.{md,csv}``.
 
 MLflow runs are flat rather than nested, grouped by the tag ``stage_run`` shared by one stage execution, so that
@@ -25,8 +25,8 @@ from typing import Any
 from faenet import expressivity_runs as runs
 from faenet.expressivity_runs import Experiment
 from pipeline.config import ROOT, ConfigError, ExpressivityConfig, Params, flatten, params_hash, stage_main
-from pipeline.expressivity_tables import build_metrics, headline, write_expressivity_tables
-from pipeline.tables import TABLES, mean_std
+from pipeline.reporting.expressivity_tables import build_metrics, headline, write_expressivity_tables
+from pipeline.reporting.table_writer import TABLES, mean_std
 from pipeline.tracking import provenance, write_json
 
 RESULTS = ROOT / "results" / "expressivity.json"

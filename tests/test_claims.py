@@ -18,7 +18,7 @@ from pipeline.reporting.claims import (
     Missing,
     evaluate_claims,
 )
-from pipeline.tables import load_paper
+from pipeline.reporting.table_writer import load_paper
 
 NOISE = (-0.01, 0.0, 0.01)  # three seeds
 

@@ -171,7 +171,7 @@ def test_the_closure_follows_function_level_and_dynamic_imports():
     # pipeline.symmetry_jobs imports faenet.symmetry_runs inside a function; the registry imports every baseline
     # module (pkgutil) and FAENet lazily; faenet.embedding reads the packaged element table.
     need = required_files("pipeline.train")
-    assert {"pipeline/tables.py", "pipeline/paper.yaml", "baselines/forcenet.py", "faenet/model.py",
+    assert {"pipeline/reporting/table_writer.py", "pipeline/paper.yaml", "baselines/forcenet.py", "faenet/model.py",
             "faenet/element_table.npz", "faenet/__init__.py"} <= need
     assert "faenet/expressivity.py" not in need
     lean = required_files("pipeline.report", VALIDATION_ONLY)

@@ -11,8 +11,8 @@ from faenet.expressivity import pair_congruence
 from faenet.expressivity_runs import Experiment, build_pair, plan, resolved_hparams, run_experiments
 from pipeline.config import ConfigError, ExpressivityConfig
 from pipeline.expressivity import run_stage
-from pipeline.expressivity_tables import reported
-from pipeline.tables import load_paper
+from pipeline.reporting.expressivity_tables import reported
+from pipeline.reporting.table_writer import load_paper
 
 TINY = {"schnet": {"hidden_channels": 16, "num_filters": 16, "num_gaussians": 8},
         "faenet": {"hidden_channels": 16, "num_filters": 16, "num_gaussians": 8, "tag_hidden_channels": 0,

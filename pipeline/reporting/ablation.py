@@ -35,7 +35,7 @@ from typing import Any
 
 from faenet.tasks import OC20_VAL_SPLITS
 from pipeline.reporting.schemas import Ablation
-from pipeline.tables import MISSING, TABLES, fmt_ms, mean_std, paper_row, write_table
+from pipeline.reporting.table_writer import MISSING, TABLES, fmt_ms, mean_std, paper_row, write_table
 
 VAL_SPLITS = OC20_VAL_SPLITS
 BASELINE = "FAENet (baseline)"

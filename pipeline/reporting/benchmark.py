@@ -46,7 +46,7 @@ from typing import Any
 
 from faenet.tasks import OC20_IS2RE_TRAIN
 from pipeline.reporting.schemas import Benchmark
-from pipeline.tables import load_paper
+from pipeline.reporting.table_writer import load_paper
 
 TARGET_SFA_OVER_SCHNET = 0.4
 TARGET_FULL_PER_FRAME = 1.0

@@ -42,8 +42,8 @@ from typing import Any
 from faenet.metrics import relative_improvement
 from faenet.tasks import OC20_VAL_SPLITS
 from pipeline.reporting import verdicts as V
+from pipeline.reporting.table_writer import load_paper, paper_row
 from pipeline.reporting.verdicts import CONTRADICTED, INCONCLUSIVE, REPRODUCED, Interval
-from pipeline.tables import load_paper, paper_row
 
 NOT_MEASURABLE = "not measurable here"
 VERDICTS = (REPRODUCED, INCONCLUSIVE, CONTRADICTED, NOT_MEASURABLE)

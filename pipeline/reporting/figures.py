@@ -7,8 +7,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from pipeline.reporting.table_writer import load_paper
 from pipeline.reporting.tables import bench_throughput, cells_of, display, graph_of, split_stat
-from pipeline.tables import load_paper
 
 # ----------------------------------------------------------------------------------------------------------
 # Figures (Fig. 2, Fig. 3) and their DVC plot data

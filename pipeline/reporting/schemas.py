@@ -22,7 +22,7 @@ class _Open(BaseModel):
 
 
 class Stat(_Open):
-    """``{"mean", "std", "per_seed"}`` over seeds (``pipeline.tables.mean_std``); None where not measured."""
+    """``{"mean", "std", "per_seed"}`` over seeds (``table_writer.mean_std``); None where not measured."""
 
     mean: float | None = None
     std: float | None = None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.tables import fmt, write_table
+from pipeline.reporting.table_writer import fmt, write_table
 from pipeline.tracking import write_json
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.reporting.symmetry_tables import SPLITS, fmt_stat, ordered_rows, row_label
-from pipeline.tables import mean_std
+from pipeline.reporting.table_writer import mean_std
 
 SCHEMA = "faenet-repro/symmetry/v1"
 UNITS = {"rot_i": "meV", "refl_i": "meV", "pct_diff": "%", "f_rot_e": "meV/Å", "f_refl_e": "meV/Å", "pos": "Å",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import FRAME_DIM
-from pipeline.tables import MISSING, load_paper, paper_row, write_table
+from pipeline.reporting.table_writer import MISSING, load_paper, paper_row, write_table
 
 SPLITS = ("all", "degenerate", "non_degenerate")  # = faenet.symmetry_eval.SPLITS (this module stays torch-free)
 

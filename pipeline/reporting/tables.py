@@ -10,7 +10,7 @@ from typing import Any
 
 from faenet.metrics import mean_relative_improvement
 from faenet.tasks import EVAL_SPLITS, OC20_VAL_SPLITS
-from pipeline.tables import MISSING, fmt, fmt_ms, load_paper, mean_std, paper_row, write_table
+from pipeline.reporting.table_writer import MISSING, fmt, fmt_ms, load_paper, mean_std, paper_row, write_table
 
 OC20_SPLITS = OC20_VAL_SPLITS
 SPLIT_LABEL = {"val_id": "ID", "val_ood_ads": "OOD-ads", "val_ood_cat": "OOD-cat", "val_ood_both": "OOD-both",

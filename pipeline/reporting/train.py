@@ -17,7 +17,7 @@ from typing import Any
 
 from faenet.tasks import EVAL_SPLITS
 from pipeline.config import ROOT
-from pipeline.tables import mean_std
+from pipeline.reporting.table_writer import mean_std
 from pipeline.tracking import write_json
 
 #: Leading columns of a curves file; ``CURVE_Y`` is the column dvc.yaml plots (the main val split's energy MAE).

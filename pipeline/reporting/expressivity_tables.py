@@ -43,7 +43,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.tables import MISSING, TABLES, load_paper, mean_std, paper_row, write_table
+from pipeline.reporting.table_writer import MISSING, TABLES, load_paper, mean_std, paper_row, write_table
 
 BODY_ORDER = ("2body", "3body", "4body_chiral", "4body_nonchiral")
 BODY_LABEL = {"2body": "2-body", "3body": "3-body", "4body_chiral": "4-body (chiral, Fig. 2e)",
