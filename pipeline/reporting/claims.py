@@ -599,28 +599,43 @@ def _sym_order(ctx, c, table: str, task: str, metric: str, better: str, worse: l
     return _decide(c, {w: (bs, sym_seeds(ctx, task, f"faenet-{task}-{w}", metric)) for w in worse})
 
 
-@claim("sym-sfa-rot-is2re", "SFA learns rotation invariance better than DA and No-FA (IS2RE)", "Sec. 5.1; Table 11",
-       "Rot-I of SFA below DA's and No-FA's", "symmetry stage, IS2RE ID val, all graphs")
-def c_sfa_rot_is2re(ctx, c):
-    return _sym_order(ctx, c, "table11", "is2re", "rot_i", "sfa", ["da", "none"])
+@dataclass(frozen=True)
+class SymmetryOrder:
+    """A claim that one method's symmetry metric is below the others' on the same FAENet cells (Tables 11/12):
+    a row of data, checked by ``_sym_order``. ``name`` is the metric's name in the criterion."""
+
+    id: str
+    text: str
+    section: str
+    task: str
+    metric: str
+    name: str
+    better: str = "sfa"
+    worse: tuple[str, ...] = ("da", "none")
+
+    def meta(self) -> dict[str, str]:
+        labels = [METHOD_LABEL[m] for m in self.worse]
+        return {"id": self.id, "text": self.text, "where": f"{self.section}; Table {TASK_TABLE[self.task][5:]}",
+                "criterion": f"{self.name} of {METHOD_LABEL[self.better]} below " + " and ".join(
+                    f"{x}'s" for x in labels),
+                "protocol": f"symmetry stage, {TASK_LABEL[self.task]} ID val, all graphs"}
+
+    def check(self, ctx: dict[str, Any], c: Claim) -> str:
+        return _sym_order(ctx, c, TASK_TABLE[self.task], self.task, self.metric, self.better, list(self.worse))
 
 
-@claim("sym-sfa-refl-is2re", "SFA learns reflection invariance better than DA and No-FA (IS2RE)",
-       "Sec. 5.1; Table 11", "Refl-I of SFA below DA's and No-FA's", "symmetry stage, IS2RE ID val, all graphs")
-def c_sfa_refl_is2re(ctx, c):
-    return _sym_order(ctx, c, "table11", "is2re", "refl_i", "sfa", ["da", "none"])
-
-
-@claim("sym-sfa-rot-s2ef", "SFA learns rotation invariance better than DA and No-FA (S2EF)", "App. D.2; Table 12",
-       "Rot-I of SFA below DA's and No-FA's", "symmetry stage, S2EF ID val, all graphs")
-def c_sfa_rot_s2ef(ctx, c):
-    return _sym_order(ctx, c, "table12", "s2ef", "rot_i", "sfa", ["da", "none"])
-
-
-@claim("sym-sfa-forces-s2ef", "SFA learns force rotation equivariance better than DA and No-FA (S2EF)",
-       "App. D.2; Table 12", "F-Rot-E of SFA below DA's and No-FA's", "symmetry stage, S2EF ID val, all graphs")
-def c_sfa_force_s2ef(ctx, c):
-    return _sym_order(ctx, c, "table12", "s2ef", "f_rot_e", "sfa", ["da", "none"])
+#: The paper's "SFA learns symmetry better than DA and No-FA" claims (Sec. 5.1, App. D.2), in report order.
+SYMMETRY_ORDERS = (
+    SymmetryOrder("sym-sfa-rot-is2re", "SFA learns rotation invariance better than DA and No-FA (IS2RE)",
+                  "Sec. 5.1", "is2re", "rot_i", "Rot-I"),
+    SymmetryOrder("sym-sfa-refl-is2re", "SFA learns reflection invariance better than DA and No-FA (IS2RE)",
+                  "Sec. 5.1", "is2re", "refl_i", "Refl-I"),
+    SymmetryOrder("sym-sfa-rot-s2ef", "SFA learns rotation invariance better than DA and No-FA (S2EF)",
+                  "App. D.2", "s2ef", "rot_i", "Rot-I"),
+    SymmetryOrder("sym-sfa-forces-s2ef", "SFA learns force rotation equivariance better than DA and No-FA (S2EF)",
+                  "App. D.2", "s2ef", "f_rot_e", "F-Rot-E"),
+)
+_CLAIMS.extend((row.meta(), row.check) for row in SYMMETRY_ORDERS)
 
 
 @claim("sym-nofa-8x-sfa", "No-FA invariance metrics are roughly 8 times higher than SFA's (IS2RE Rot-I)",
