@@ -613,15 +613,19 @@ class SymmetryOrder:
     better: str = "sfa"
     worse: tuple[str, ...] = ("da", "none")
 
+    @property
+    def table(self) -> str:
+        return TASK_TABLE[self.task]
+
     def meta(self) -> dict[str, str]:
         labels = [METHOD_LABEL[m] for m in self.worse]
-        return {"id": self.id, "text": self.text, "where": f"{self.section}; Table {TASK_TABLE[self.task][5:]}",
+        return {"id": self.id, "text": self.text, "where": f"{self.section}; Table {self.table.removeprefix('table')}",
                 "criterion": f"{self.name} of {METHOD_LABEL[self.better]} below " + " and ".join(
                     f"{x}'s" for x in labels),
                 "protocol": f"symmetry stage, {TASK_LABEL[self.task]} ID val, all graphs"}
 
     def check(self, ctx: dict[str, Any], c: Claim) -> str:
-        return _sym_order(ctx, c, TASK_TABLE[self.task], self.task, self.metric, self.better, list(self.worse))
+        return _sym_order(ctx, c, self.table, self.task, self.metric, self.better, list(self.worse))
 
 
 #: The paper's "SFA learns symmetry better than DA and No-FA" claims (Sec. 5.1, App. D.2), in report order.
